@@ -1,0 +1,1 @@
+"""Strategies attach learnable pieces to a Backbone: prompts, LoRA adapters, antonym prompts, heads."""

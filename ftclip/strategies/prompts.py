@@ -1,0 +1,106 @@
+"""Prompt learning: learnable token vectors spliced into a frozen text template.
+
+``IdPrompts`` is CLIP-ReID's stage-1 learner: the template "A photo of a X X X X person."
+has its N placeholder tokens replaced by N learnable vectors *per identity* (init
+N(0, 0.02)); the start token + "a photo of a" (prefix) and "person." + end token + padding
+(suffix) stay frozen token embeddings. The text feature is the text tower's output at the
+end-of-text token, projected -- no normalisation, no logit scale.
+
+``SharedPrompts`` is CoOp's shared context (one set of vectors for every class/prompt), used
+by the supervised IQA recipe (CLIP-IQA+): "X X ... X Good photo.".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ftclip.backbone import Backbone
+from ftclip.errors import ConfigError
+
+
+def _placeholder_span(backbone: Backbone, template: str, placeholder: str) -> tuple[torch.Tensor, int, int]:
+    """Tokenise ``template`` and find the contiguous run of placeholder tokens."""
+    tokens = backbone.tokenize([template])
+    marker = backbone.tokenize([placeholder])[0]
+    marker_id = int(marker[1])  # [start, placeholder, end, 0...]
+    positions = (tokens[0] == marker_id).nonzero().flatten().tolist()
+    if not positions:
+        raise ConfigError(
+            f"prompt template '{template}' contains no placeholder token '{placeholder}'; "
+            f"write it like 'A photo of a {placeholder} {placeholder} {placeholder} {placeholder} person.'"
+        )
+    first, last = positions[0], positions[-1]
+    if positions != list(range(first, last + 1)):
+        raise ConfigError(f"prompt template '{template}': the '{placeholder}' placeholders must be contiguous")
+    return tokens, first, last + 1
+
+
+class IdPrompts(nn.Module):
+    """N learnable context vectors per identity inside a fixed template."""
+
+    def __init__(
+        self, backbone: Backbone, num_ids: int, template: str = "A photo of a X X X X person.",
+        placeholder: str = "X", init_std: float = 0.02,
+    ):
+        super().__init__()
+        if num_ids < 1:
+            raise ConfigError(f"prompt learning needs at least one identity, got num_ids={num_ids}")
+        tokens, start, stop = _placeholder_span(backbone, template, placeholder)
+        self.template = template
+        self.num_tokens = stop - start
+        with torch.no_grad():
+            embedded = backbone.embed_tokens(tokens).detach()
+        # frozen template pieces: rebuilt from the backbone, not stored in checkpoints
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedded[:, :start].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, stop:].clone(), persistent=False)
+        self.ctx = nn.Parameter(torch.empty(num_ids, self.num_tokens, embedded.shape[-1]))
+        nn.init.normal_(self.ctx, std=init_std)
+
+    @property
+    def num_ids(self) -> int:
+        return self.ctx.shape[0]
+
+    def embeddings(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings [B, 77, width] and end-token positions [B] for identity ``labels``."""
+        ctx = self.ctx[labels]
+        batch = ctx.shape[0]
+        emb = torch.cat(
+            [self.prefix.expand(batch, -1, -1).to(ctx.dtype), ctx, self.suffix.expand(batch, -1, -1).to(ctx.dtype)],
+            dim=1,
+        )
+        eot = self.tokens.argmax(dim=-1).expand(batch)
+        return emb, eot
+
+    def text_features(self, backbone: Backbone, labels: torch.Tensor) -> torch.Tensor:
+        emb, eot = self.embeddings(labels)
+        return backbone.encode_text_embeddings(emb, eot)
+
+
+class SharedPrompts(nn.Module):
+    """CoOp: one learnable context of N vectors prepended to every class/prompt text."""
+
+    def __init__(self, backbone: Backbone, texts: list[str], num_tokens: int = 16, init_std: float = 0.02,
+                 placeholder: str = "X"):
+        super().__init__()
+        if num_tokens < 1:
+            raise ConfigError(f"shared prompt context needs num_tokens >= 1, got {num_tokens}")
+        prompts = [" ".join([placeholder] * num_tokens) + " " + text for text in texts]
+        tokens = backbone.tokenize(prompts)
+        if int(tokens.argmax(dim=-1).max()) >= tokens.shape[1] - 1 and tokens[:, -1].ne(0).any():
+            raise ConfigError(f"prompts with {num_tokens} context tokens exceed the text length {tokens.shape[1]}")
+        with torch.no_grad():
+            embedded = backbone.embed_tokens(tokens).detach()
+        self.texts = list(texts)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, 1 + num_tokens:].clone(), persistent=False)
+        self.ctx = nn.Parameter(torch.empty(num_tokens, embedded.shape[-1]))
+        nn.init.normal_(self.ctx, std=init_std)
+
+    def text_features(self, backbone: Backbone) -> torch.Tensor:
+        n = self.tokens.shape[0]
+        ctx = self.ctx.unsqueeze(0).expand(n, -1, -1)
+        emb = torch.cat([self.prefix.to(ctx.dtype), ctx, self.suffix.to(ctx.dtype)], dim=1)
+        return backbone.encode_text_embeddings(emb, self.tokens.argmax(dim=-1))

@@ -1,0 +1,20 @@
+"""Task registry: each task package exposes ``Schema`` (its recipe dataclass),
+``build_module(cfg)`` (a LightningModule) and ``build_datamodule(cfg)``."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ftclip.errors import ConfigError
+
+TASKS = {
+    "reid": "ftclip.tasks.reid",
+    "iqa": "ftclip.tasks.iqa",
+}
+
+
+def get_task(name: str) -> ModuleType:
+    if name not in TASKS:
+        raise ConfigError(f"task '{name}' is not known; choose one of: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name])
