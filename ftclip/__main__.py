@@ -1,0 +1,5 @@
+import sys
+
+from ftclip.cli import main
+
+sys.exit(main())

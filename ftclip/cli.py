@@ -1,0 +1,48 @@
+"""``ftclip`` command line. Each command lives in ``ftclip/commands/<name>.py`` and exposes
+``register(subparsers)``; it sets ``func(args) -> int`` on its parser.
+
+User mistakes (:class:`FtclipError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ftclip import __version__
+from ftclip.errors import FtclipError
+
+COMMANDS = [
+    "ftclip.commands.fit",
+    "ftclip.commands.data",
+    "ftclip.commands.recipes",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftclip", description="Fine-tune CLIP models with YAML recipes.")
+    parser.add_argument("--version", action="version", version=f"ftclip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FtclipError as exc:
+        print(f"ftclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ftclip: interrupted; resume with `ftclip fit --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ftclip`` command (see ftclip/cli.py)."""

@@ -1,0 +1,118 @@
+"""Samplers that are deterministic per (seed, epoch) and split work across DDP ranks.
+
+Each yields ``(index, aug_seed)`` pairs: the augmentation seed travels with the index so a
+sample's augmentation does not depend on which worker loads it. ``set_epoch`` is called by
+Lightning at every epoch start.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from ftclip.errors import ConfigError, DataError
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+class PKBatchSampler(Sampler[list[tuple[int, int]]]):
+    """P identities x K images per batch (CLIP-ReID's RandomIdentitySampler), rank-aware.
+
+    Per epoch: each identity's images are shuffled and cut into chunks of K (an identity
+    with fewer than K images is sampled with replacement up to K); batches are formed by
+    repeatedly drawing P identities that still have chunks. Batch ``b`` goes to rank
+    ``b % world_size``, trailing batches are dropped so every rank gets the same number:
+    every rank sees whole identity groups and no image is sent to two ranks in one epoch.
+    """
+
+    def __init__(self, pids: list[int], batch_size: int, num_instances: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if num_instances < 1 or batch_size % num_instances:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is not divisible by data.num_instances={num_instances} (K): "
+                f"use a multiple, e.g. data.batch_size={max(1, batch_size // max(num_instances, 1)) * num_instances}"
+            )
+        self.by_pid: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.by_pid[int(pid)].append(index)
+        self.num_ids_per_batch = batch_size // num_instances
+        if len(self.by_pid) < self.num_ids_per_batch:
+            raise DataError(
+                f"the training split has {len(self.by_pid)} identities but a batch needs "
+                f"{self.num_ids_per_batch} (data.batch_size / data.num_instances); lower data.batch_size"
+            )
+        self.num_instances = num_instances
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self._num_batches = len(self._batches()) // world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        rng = _rng(self.seed, self.epoch)
+        chunks: dict[int, list[list[int]]] = {}
+        for pid in sorted(self.by_pid):
+            idxs = self.by_pid[pid]
+            if len(idxs) < self.num_instances:
+                idxs = rng.choice(idxs, size=self.num_instances, replace=True).tolist()
+            else:
+                idxs = rng.permutation(idxs).tolist()
+            usable = len(idxs) - len(idxs) % self.num_instances
+            chunks[pid] = [idxs[i:i + self.num_instances] for i in range(0, usable, self.num_instances)]
+        available = [pid for pid in sorted(chunks) if chunks[pid]]
+        batches = []
+        while len(available) >= self.num_ids_per_batch:
+            picked = rng.choice(available, size=self.num_ids_per_batch, replace=False).tolist()
+            batch = []
+            for pid in picked:
+                batch.extend(chunks[pid].pop(0))
+                if not chunks[pid]:
+                    available.remove(pid)
+            seeds = rng.integers(0, 2**31 - 1, size=len(batch)).tolist()
+            batches.append(list(zip(batch, seeds)))
+        return batches
+
+    def __iter__(self):
+        batches = self._batches()
+        usable = len(batches) - len(batches) % self.world_size
+        yield from batches[self.rank:usable:self.world_size]
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+
+class ShardSampler(Sampler[tuple[int, int]]):
+    """Indices ``0..n-1`` (shuffled per epoch if asked), strided over ranks.
+
+    With ``pad=True`` (training) every rank gets the same count by repeating the first
+    indices; evaluation uses ``pad=False`` and gathers by index, so nothing is counted twice.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = _rng(self.seed, self.epoch)
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        if self.pad and self.n % self.world_size:
+            extra = self.world_size - self.n % self.world_size
+            order = np.concatenate([order, order[:extra]])
+        for i in order[self.rank::self.world_size].tolist():
+            yield (int(i), int(seeds[i]))
+
+    def __len__(self) -> int:
+        if self.pad:
+            return -(-self.n // self.world_size)
+        return len(range(self.rank, self.n, self.world_size))

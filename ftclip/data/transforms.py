@@ -1,0 +1,92 @@
+"""Image pipelines (albumentations 2.0.x).
+
+Re-ID training follows CLIP-ReID: resize (bicubic), horizontal flip 0.5, pad 10 + random
+crop, normalise, random erasing p=0.5 in timm's "pixel" mode (the erased box is filled
+with N(0, 1) noise *after* normalisation). albumentations 2.0.8's own ``Erasing`` fails at
+call time (its params lack the ``seed`` its ``apply`` needs) and fills uniform [0, 1], so
+:class:`PixelErasing` implements the reference behaviour.
+
+Every random draw comes from the Compose's seeded generator: :func:`apply` re-seeds it per
+sample from a seed that the sampler hands out, so augmentation is a deterministic function
+of (run seed, epoch, sample) whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+_INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
+                  "area": cv2.INTER_AREA}
+
+
+class PixelErasing(A.ImageOnlyTransform):
+    """timm RandomErasing, mode 'pixel', one box: area in ``scale`` of the image, log-uniform
+    aspect ratio in ``ratio``, up to 10 attempts; box filled with N(0, 1) values."""
+
+    def __init__(self, scale: tuple[float, float] = (0.02, 1 / 3), ratio: tuple[float, float] = (0.3, 1 / 0.3),
+                 p: float = 0.5):
+        super().__init__(p=p)
+        self.scale = scale
+        self.ratio = ratio
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = self.py_random.uniform(*self.scale) * area
+            aspect = math.exp(self.py_random.uniform(*log_ratio))
+            h = int(round(math.sqrt(target * aspect)))
+            w = int(round(math.sqrt(target / aspect)))
+            if 0 < h < height and 0 < w < width:
+                top = self.py_random.randint(0, height - h)
+                left = self.py_random.randint(0, width - w)
+                noise = self.random_generator.standard_normal((h, w, params["shape"][2])).astype(np.float32)
+                return {"box": (top, left, h, w), "noise": noise}
+        return {"box": None, "noise": None}
+
+    def apply(self, img: np.ndarray, box=None, noise=None, **params: Any) -> np.ndarray:
+        if box is None:
+            return img
+        top, left, h, w = box
+        out = img.copy()
+        out[top:top + h, left:left + w] = noise.astype(img.dtype)
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale", "ratio")
+
+
+def reid_train_transform(size: tuple[int, int], mean, std, *, flip_p: float = 0.5, pad: int = 10,
+                         erasing_p: float = 0.5, interpolation: str = "bicubic") -> A.Compose:
+    h, w = size
+    steps: list[A.BasicTransform] = [
+        A.Resize(h, w, interpolation=_INTERPOLATION[interpolation]),
+        A.HorizontalFlip(p=flip_p),
+    ]
+    if pad > 0:
+        steps += [A.Pad(padding=pad, fill=0, border_mode=cv2.BORDER_CONSTANT), A.RandomCrop(h, w)]
+    steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    if erasing_p > 0:
+        steps.append(PixelErasing(p=erasing_p))
+    return A.Compose(steps, seed=0)
+
+
+def eval_transform(size: tuple[int, int], mean, std, *, interpolation: str = "bicubic") -> A.Compose:
+    h, w = size
+    return A.Compose([A.Resize(h, w, interpolation=_INTERPOLATION[interpolation]),
+                      A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
+
+
+def apply(transform: A.Compose, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+    """Run ``transform`` on an HWC uint8 image (re-seeded with ``seed`` if given) -> CHW float tensor."""
+    if seed is not None:
+        transform.set_random_seed(int(seed))
+    out = transform(image=image)["image"]
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))

@@ -1,0 +1,185 @@
+"""The one training path: config -> data -> module -> stages -> metrics -> run directory.
+
+For each stage of the recipe, in order: freeze everything, unfreeze the groups it names,
+build a fresh Lightning ``Trainer`` (a finished Trainer does nothing on a second ``fit``),
+fit (resuming from the stage's ``last.ckpt`` if there is one), evaluate, record metrics,
+mark the stage completed. A resumed run skips completed stages and starts the next one
+from the previous stage's final weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ftclip.errors import ConfigError, FtclipError
+from ftclip.io import AtomicCheckpointIO
+from ftclip.plots import plot_stage_losses
+from ftclip.rundir import RunDir
+from ftclip.tasks import get_task
+
+log = logging.getLogger("ftclip")
+
+
+def _precision(cfg) -> str:
+    if cfg.trainer.precision:
+        return str(cfg.trainer.precision)
+    wants_cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if wants_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen towers, on purpose
+
+
+def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) -> L.Trainer:
+    """A Trainer for one stage (``stage_cfg`` given) or for evaluation only."""
+    t = cfg.trainer
+    kwargs = dict(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=_precision(cfg), deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        use_distributed_sampler=False,  # ftclip's samplers shard by rank themselves (whole identities)
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    if stage_cfg is None:
+        return L.Trainer(logger=False, enable_checkpointing=False, **kwargs)
+    every = stage_cfg.eval_every if stage_cfg.eval_every is not None else cfg.eval.every
+    ckpt_dir = run.checkpoint_dir(stage)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    if t.ckpt_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(t.ckpt_every_n_steps),
+                                         save_top_k=1, enable_version_counter=False))
+    logger = CSVLogger(save_dir=str(run.log_dir()), name=stage, version="")
+    callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    return L.Trainer(
+        max_epochs=int(stage_cfg.epochs), max_steps=int(stage_cfg.max_steps), logger=logger, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
+        gradient_clip_val=t.gradient_clip_val,
+        check_val_every_n_epoch=int(every) if every and every > 0 else int(stage_cfg.epochs) + 1,
+        **kwargs,
+    )
+
+
+def evaluate(cfg, module, datamodule) -> dict[str, float]:
+    trainer = build_trainer(cfg, None, None)
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    values = results[0] if results else {}
+    return {key.split("/", 1)[-1]: float(value) for key, value in values.items()}
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def check_stages(cfg, module) -> None:
+    """Every stage's kind and groups are valid before anything trains."""
+    groups = module.parameter_groups()
+    for name, stage in cfg.stages.items():
+        if stage.kind not in module.STAGE_KINDS:
+            raise ConfigError(f"stages.{name}.kind '{stage.kind}' is not one of {', '.join(module.STAGE_KINDS)}")
+        unknown = [g for g in stage.train if g not in groups or not groups[g]]
+        if unknown:
+            available = ", ".join(sorted(k for k, v in groups.items() if v))
+            hint = " (image.lora / text.lora need strategies.lora.enabled=true)" if any("lora" in g for g in unknown) else ""
+            raise ConfigError(f"stages.{name}.train names unknown group(s) {unknown}; available: {available}{hint}")
+
+
+def prepare(cfg):
+    """Data first (cheap, catches bad input), then the model."""
+    task = get_task(str(cfg.task))
+    datamodule = task.build_datamodule(cfg)
+    print(datamodule.summary(), flush=True)
+    module = task.build_module(cfg, datamodule.info)
+    datamodule.set_preprocess(module.backbone.preprocess)
+    check_stages(cfg, module)
+    return module, datamodule
+
+
+def fit(cfg, run: RunDir) -> dict:
+    """Run every stage not yet completed in ``run``; returns metrics.json's content."""
+    _quiet_lightning()
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    module, datamodule = prepare(cfg)
+    print(f"run directory: {run.path}", flush=True)
+    completed = run.completed_stages()
+    metrics = run.metrics()
+    if cfg.eval.before and "initial" not in metrics and not completed:
+        metrics["initial"] = evaluate(cfg, module, datamodule)
+        run.record_metrics("initial", metrics["initial"])
+        print(f"[initial] {_format(metrics['initial'])}", flush=True)
+    previous: str | None = None
+    for name, stage in cfg.stages.items():
+        if name in completed:
+            previous = name
+            continue
+        line = module.set_stage(name, stage)
+        print(line, flush=True)
+        resume_from = run.last_checkpoint(name)
+        if resume_from is None and previous is not None:
+            _load_weights(module, run.last_checkpoint(previous))
+        if resume_from is not None:
+            print(f"resuming stage '{name}' from {resume_from}", flush=True)
+        datamodule.set_stage(stage.kind, stage.batch_size)
+        trainer = build_trainer(cfg, run, name, stage)
+        start = time.time()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt")  # the stage's final state, atomically
+        metrics[name] = evaluate(cfg, module, datamodule)
+        metrics[name]["train_seconds"] = round(time.time() - start, 2)
+        run.record_metrics(name, metrics[name])
+        run.mark_completed(name)
+        plot_stage_losses(run, name)
+        print(f"[{name}] {_format(metrics[name])}", flush=True)
+        previous = name
+    if cfg.run.export:
+        from ftclip.export import export_run
+
+        export_run(run.path, list(cfg.run.export), out=run.path / "export", overwrite=True)
+    return run.metrics()
+
+
+def _load_weights(module, ckpt: Path | None) -> None:
+    if ckpt is None:
+        return
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"], strict=True)
+
+
+def load_module_from_run(run: RunDir):
+    """The trained module of a run (final weights of its last completed stage) and its config.
+
+    Needs no data: the module's shape (``info``) is stored in every checkpoint.
+    """
+    cfg = run.load_config()
+    ckpt = run.final_checkpoint()
+    if ckpt is None:
+        raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    info = state.get("ftclip", {}).get("info")
+    if info is None:
+        raise FtclipError(f"checkpoint {ckpt} was not written by ftclip (no 'ftclip' metadata)")
+    module = get_task(str(cfg.task)).build_module(cfg, info)
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"], strict=True)
+    return module.eval(), cfg

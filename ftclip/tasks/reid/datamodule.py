@@ -1,0 +1,154 @@
+"""Re-ID data: parse once, check images, then serve the loader each stage needs.
+
+* stage ``prompts``: indices into the cached training features (the module holds the cache);
+* stage ``image``: P x K batches of augmented training images;
+* ``cache_dataloader``: training images, test transform, in order (to build the stage-1 cache);
+* validation: query then gallery, test transform, sharded over ranks and gathered by index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ftclip.data.images import check_images, read_image
+from ftclip.data.reid import ReidDataset, ReidSample, load_reid_dataset
+from ftclip.data.samplers import PKBatchSampler, ShardSampler
+from ftclip.data.transforms import apply, eval_transform, reid_train_transform
+from ftclip.errors import ConfigError
+
+
+class ReidImages(Dataset):
+    """Images with (pid, camid, index); an item key is an index or an (index, aug_seed) pair."""
+
+    def __init__(self, samples: list[ReidSample], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        image = apply(self.transform, read_image(sample.path), seed)
+        return {"image": image, "pid": sample.pid, "camid": sample.camid, "index": index}
+
+
+class Indices(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return {"index": index}
+
+
+class ReidDataModule(L.LightningDataModule):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
+        super().__init__()
+        self.cfg = cfg
+        self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
+        self.dataset: ReidDataset | None = None
+        self.stage_kind = "image"
+        self.stage_batch_size = cfg.data.batch_size
+        self.bad_images: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ parsing
+    def load(self) -> ReidDataset:
+        """Parse the data set and decode every image once (policy ``data.on_bad_image``)."""
+        if self.dataset is not None:
+            return self.dataset
+        data = self.cfg.data
+        if data.on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
+        if data.synthetic and not Path(data.root).exists():
+            from ftclip.data.synthetic import write_synthetic_reid
+
+            print(f"writing the synthetic re-ID set to {data.root} (data.synthetic=true)", flush=True)
+            write_synthetic_reid(data.root, seed=int(self.cfg.seed))
+        dataset = load_reid_dataset(data.format, data.root, csv_path=data.csv)
+        if data.check_images:
+            every = dataset.train + dataset.query + dataset.gallery
+            _, bad = check_images([s.path for s in every], policy=data.on_bad_image,
+                                  workers=max(1, int(data.num_workers)))
+            if bad:
+                skip = {path for path, _ in bad}
+                self.bad_images = bad
+                names = ", ".join(path for path, _ in bad[:5])
+                print(f"skipped {len(bad)} unreadable image(s) (data.on_bad_image=skip): {names}"
+                      + (" ..." if len(bad) > 5 else ""))
+                dataset = ReidDataset(dataset.name, dataset.root,
+                                      [s for s in dataset.train if s.path not in skip],
+                                      [s for s in dataset.query if s.path not in skip],
+                                      [s for s in dataset.gallery if s.path not in skip])
+        self.dataset = dataset
+        return dataset
+
+    @property
+    def info(self) -> dict:
+        ds = self.load()
+        return {"num_ids": ds.num_train_pids, "num_cameras": ds.num_cameras,
+                "vehicle": self.cfg.data.format == "veri776" or ds.name == "veri776"}
+
+    def set_preprocess(self, preprocess) -> None:
+        """Use the backbone's resolved input size, mean/std and interpolation."""
+        self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
+        self.interpolation = preprocess.interpolation
+
+    # ------------------------------------------------------------------ stages
+    def set_stage(self, kind: str, batch_size: int | None) -> None:
+        self.stage_kind = kind
+        self.stage_batch_size = int(batch_size or self.cfg.data.batch_size)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        workers = int(self.cfg.data.num_workers)
+        return DataLoader(dataset, num_workers=workers, pin_memory=bool(self.cfg.data.pin_memory)
+                          and torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.load()
+        rank, world = self._rank()
+        seed = int(self.cfg.seed)
+        if self.stage_kind == "prompts":
+            sampler = ShardSampler(len(ds.train), shuffle=True, seed=seed, rank=rank, world_size=world, pad=True)
+            return DataLoader(Indices(len(ds.train)), sampler=sampler, batch_size=self.stage_batch_size,
+                              drop_last=False)
+        d = self.cfg.data
+        transform = reid_train_transform(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad,
+                                         erasing_p=d.erasing_p, interpolation=self.interpolation)
+        sampler = PKBatchSampler([s.pid for s in ds.train], self.stage_batch_size, int(d.num_instances),
+                                 seed=seed, rank=rank, world_size=world)
+        return self._loader(ReidImages(ds.train, transform), batch_sampler=sampler)
+
+    def cache_dataloader(self) -> DataLoader:
+        ds = self.load()
+        transform = eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
+        return self._loader(ReidImages(ds.train, transform), batch_size=int(self.cfg.eval.batch_size),
+                            shuffle=False)
+
+    def eval_samples(self) -> list[ReidSample]:
+        ds = self.load()
+        return ds.query + ds.gallery
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        transform = eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
+        samples = self.eval_samples()
+        sampler = ShardSampler(len(samples), shuffle=False, rank=rank, world_size=world, pad=False)
+        return self._loader(ReidImages(samples, transform), sampler=sampler, batch_size=int(self.cfg.eval.batch_size))
+
+    def summary(self) -> str:
+        return self.load().summary()

@@ -1,0 +1,156 @@
+"""CLIP-ReID as a LightningModule: stage ``prompts`` then stage ``image`` (see METHODS.md).
+
+Stage ``prompts``: both encoders frozen. At fit start the projected image feature of every
+training image (test transform) is computed once and kept on the device; each step takes a
+batch of cached features, builds the per-identity prompts' text features and minimises
+SupCon(image->text) + SupCon(text->image) at temperature 1 on raw dot products.
+
+Stage ``image``: the per-identity text features are computed once (no grad) into a fixed
+[num_ids, embed_dim] matrix; the image tower (or its LoRA), the BNNecks/classifiers and SIE
+train with ID (label-smoothed CE over both classifiers) + batch-hard triplet (over the three
+pre-BN features) + image-to-text CE against the fixed text features.
+
+Evaluation: L2-normalised concatenation of the pre-BN final and projected features,
+squared Euclidean distance, Market-1501 protocol.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ftclip.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss
+from ftclip.metrics.reid import evaluate_reid
+from ftclip.strategies.heads import ReidHead
+from ftclip.strategies.prompts import IdPrompts
+from ftclip.tasks.base import StagedModule
+from ftclip.tasks.reid.schema import STAGE_KINDS
+
+DEFAULT_TEMPLATE = "A photo of a X X X X {}."
+
+
+class ReidModule(StagedModule):
+    STAGE_KINDS = STAGE_KINDS
+
+    def __init__(self, cfg, num_ids: int, num_cameras: int, vehicle: bool = False):
+        super().__init__(cfg)
+        strategies = cfg.strategies
+        template = strategies.prompts.template or DEFAULT_TEMPLATE.format("vehicle" if vehicle else "person")
+        self.prompts = IdPrompts(self.backbone, num_ids, template, strategies.prompts.placeholder,
+                                 strategies.prompts.init_std)
+        head_cfg = strategies.head
+        self.head = ReidHead(self.backbone.vision_width, self.backbone.embed_dim, num_ids,
+                             num_cameras if head_cfg.sie else 0, head_cfg.sie_coefficient)
+        self.num_ids = num_ids
+        self.info = {"num_ids": num_ids, "num_cameras": num_cameras, "vehicle": vehicle}
+        # rebuilt at every fit start from frozen weights, never stored in checkpoints
+        self.register_buffer("image_cache", torch.empty(0), persistent=False)
+        self.register_buffer("label_cache", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("id_text_features", torch.empty(0), persistent=False)
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
+
+    def parameter_groups(self):
+        groups = super().parameter_groups()
+        groups["prompts"] = [(f"prompts.{n}", p) for n, p in self.prompts.named_parameters()]
+        groups["head"] = [(f"head.{n}", p) for n, p in self.head.named_parameters()]
+        return groups
+
+    # ------------------------------------------------------------------ features
+    def features(self, images: torch.Tensor, camids: torch.Tensor | None):
+        offset = self.head.sie(camids) if self.head.sie is not None and camids is not None else None
+        return self.backbone.reid_features(images, offset)
+
+    def embed(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+        """The evaluation feature (``eval.feature``), L2-normalised."""
+        feats = self.features(images, camids)
+        kind = self.cfg.eval.feature
+        parts = {"final+proj": [feats.final, feats.proj], "final": [feats.final], "proj": [feats.proj]}[kind]
+        return F.normalize(torch.cat(parts, dim=1).float(), dim=1)
+
+    @torch.no_grad()
+    def build_image_cache(self, loader) -> None:
+        feats, labels = [], []
+        for batch in loader:
+            images = batch["image"].to(self.device, non_blocking=True)
+            feats.append(self.features(images, batch["camid"].to(self.device)).proj.float())
+            labels.append(batch["pid"].to(self.device))
+        self.image_cache = torch.cat(feats)
+        self.label_cache = torch.cat(labels)
+
+    @torch.no_grad()
+    def build_id_text_features(self, batch_size: int = 512) -> None:
+        ids = torch.arange(self.num_ids, device=self.device)
+        self.id_text_features = torch.cat(
+            [self.prompts.text_features(self.backbone, chunk).float() for chunk in ids.split(batch_size)]
+        )
+
+    def on_fit_start(self) -> None:
+        kind = self.stage_cfg.kind
+        if kind == "prompts":
+            self.build_image_cache(self.trainer.datamodule.cache_dataloader())
+        elif kind == "image":
+            self.build_id_text_features()
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        if self.stage_cfg.kind == "prompts":
+            loss, parts = self._prompt_step(batch["index"].to(self.device))
+        else:
+            loss, parts = self._image_step(batch)
+        self.check_finite(loss)
+        size = len(batch["index"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=size)
+        return loss
+
+    def _prompt_step(self, index: torch.Tensor):
+        image = self.image_cache[index]
+        labels = self.label_cache[index]
+        text = self.prompts.text_features(self.backbone, labels).float()
+        loss = stage1_supcon_loss(image, text, labels, temperature=1.0)
+        return loss, {"supcon": loss.detach()}
+
+    def _image_step(self, batch):
+        images, pids = batch["image"], batch["pid"]
+        feats = self.features(images, batch["camid"])
+        _, logits = self.head.neck(feats.final)
+        _, logits_proj = self.head.neck_proj(feats.proj)
+        smoothing = 0.1
+        parts = {
+            "id": id_loss(logits.float(), pids, smoothing) + id_loss(logits_proj.float(), pids, smoothing),
+            "triplet": sum(batch_hard_triplet_loss(f.float(), pids, margin=self.triplet_margin)
+                           for f in (feats.last, feats.final, feats.proj)),
+            "i2t": i2t_loss(feats.proj.float(), self.id_text_features, pids, smoothing),
+        }
+        loss = sum(self.loss_weight(name) * value for name, value in parts.items())
+        return loss, {k: v.detach() for k, v in parts.items()}
+
+    @property
+    def triplet_margin(self) -> float:
+        return float(self.stage_cfg.losses.get("triplet_margin", 0.3))
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch, batch_idx):
+        feats = self.embed(batch["image"], batch["camid"])
+        self._val_outputs.append({"feat": feats, "index": batch["index"]})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        feats = torch.cat([o["feat"] for o in self._val_outputs])
+        index = torch.cat([o["index"] for o in self._val_outputs])
+        self._val_outputs = []
+        samples = self.trainer.datamodule.eval_samples()
+        feats = self.gather_by_index(feats, index, len(samples))
+        num_query = len(self.trainer.datamodule.load().query)
+        pids = torch.tensor([s.pid for s in samples])
+        cams = torch.tensor([s.camid for s in samples])
+        result = evaluate_reid(feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
+                               cams[:num_query], cams[num_query:], max_rank=int(self.cfg.eval.max_rank),
+                               metric=str(self.cfg.eval.metric))
+        for key in ("mAP", "rank1", "rank5", "rank10"):
+            self.log(f"val/{key}", float(result[key]), rank_zero_only=False, sync_dist=False)

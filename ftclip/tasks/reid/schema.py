@@ -1,0 +1,66 @@
+"""Recipe schema of the re-identification task (CLIP-ReID)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from ftclip.config import EvalConfig, LoraConfig, RecipeBase
+
+
+@dataclass
+class ReidDataConfig:
+    format: str = "auto"  # auto, market1501, dukemtmc, msmt17, veri776, csv
+    root: str = MISSING
+    csv: Optional[str] = None  # format=csv: the list file (path,pid,camid,split); default <root>/reid.csv
+    synthetic: bool = False  # write ftclip's synthetic Market-1501-layout set to root first if it is missing
+    batch_size: int = 64  # per device; stage 2: P identities x K images
+    num_instances: int = 4  # K
+    num_workers: int = 4
+    pin_memory: bool = True
+    on_bad_image: str = "error"  # error | skip
+    check_images: bool = True  # decode every image once before training (bad files fail fast)
+    flip_p: float = 0.5
+    pad: int = 10
+    erasing_p: float = 0.5
+
+
+@dataclass
+class IdPromptConfig:
+    template: Optional[str] = None  # None: "A photo of a X X X X person." ("vehicle." for veri776)
+    placeholder: str = "X"
+    init_std: float = 0.02
+
+
+@dataclass
+class HeadConfig:
+    sie: bool = False  # camera embedding added to the class token
+    sie_coefficient: float = 3.0
+
+
+@dataclass
+class ReidStrategies:
+    prompts: IdPromptConfig = field(default_factory=IdPromptConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class ReidEvalConfig(EvalConfig):
+    max_rank: int = 50
+    metric: str = "sqeuclidean"  # sqeuclidean | cosine, on L2-normalised features
+    feature: str = "final+proj"  # final+proj (CLIP-ReID, 1280-d for ViT-B/16), final, proj
+
+
+@dataclass
+class Schema(RecipeBase):
+    task: str = "reid"
+    data: ReidDataConfig = field(default_factory=ReidDataConfig)
+    strategies: ReidStrategies = field(default_factory=ReidStrategies)
+    eval: ReidEvalConfig = field(default_factory=ReidEvalConfig)
+
+
+STAGE_KINDS = ("prompts", "image")
+VEHICLE_FORMATS = ("veri776",)
