@@ -120,8 +120,31 @@ def _known_model(name: str) -> None:
         )
 
 
-def _tag_weights(name: str, tag: str, cache_dir: str | None) -> tuple[Path, dict]:
-    """Resolve an open_clip pretrained tag to a file in the local cache, without a network."""
+def _cached_tag_file(cfg: dict, cache_dir: str | None) -> Path | None:
+    """The weight file of a pretrained tag if open_clip's caches already hold it (no network)."""
+    if cfg.get("file"):
+        return Path(cfg["file"]) if Path(cfg["file"]).is_file() else None
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        names = [filename] if filename else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    url = cfg.get("url", "")
+    if url:
+        candidate = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _tag_weights(name: str, tag: str, cache_dir: str | None, download: bool) -> tuple[Path, dict]:
+    """Resolve an open_clip pretrained tag to a local file; the network only if ``download``."""
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -129,22 +152,21 @@ def _tag_weights(name: str, tag: str, cache_dir: str | None) -> tuple[Path, dict
             f"model.pretrained '{tag}' is neither a file nor a pretrained tag of {name}"
             + (f" (its tags: {', '.join(tags)})" if tags else " (it has no pretrained tags)")
         )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception:
-        path = ""
-    if not path or not Path(path).is_file():
+    path = _cached_tag_file(cfg, cache_dir)
+    if path is None and download:
+        try:
+            path = Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
+        except Exception as exc:
+            raise FtclipError(f"downloading {name} pretrained='{tag}' failed: {exc}") from None
+    if path is None or not path.is_file():
         source = cfg.get("hf_hub") or cfg.get("url") or "its open_clip source"
         raise FtclipError(
-            f"weights for {name} pretrained='{tag}' are not in the local cache and this machine is offline. "
-            f"Download them where there is a network (open_clip.create_model('{name}', pretrained='{tag}') fetches "
-            f"{source}), then either copy the cache (~/.cache/huggingface or model.cache_dir) here or pass the file: "
-            f"model.pretrained=/path/to/open_clip_pytorch_model.bin"
+            f"weights for {name} pretrained='{tag}' are not in the local cache ({cache_dir or 'default cache'}). "
+            f"Either fetch them where there is a network (`python -c \"import open_clip; open_clip.create_model('{name}', "
+            f"pretrained='{tag}')\"` downloads {source}) and copy the cache here, or pass the file: "
+            "model.pretrained=/path/to/open_clip_pytorch_model.bin (or add model.download=true on a machine with a network)"
         )
-    return Path(path), cfg
+    return path, cfg
 
 
 class Backbone(nn.Module):
@@ -172,7 +194,7 @@ class Backbone(nn.Module):
             if candidate.suffix in (".pt", ".pth", ".bin", ".safetensors") or candidate.exists():
                 weights = candidate
             else:
-                weights, tag_cfg = _tag_weights(name, str(cfg.pretrained), cfg.cache_dir)
+                weights, tag_cfg = _tag_weights(name, str(cfg.pretrained), cfg.cache_dir, bool(cfg.download))
         model_cfg = open_clip.get_model_config(name) or {}
         quick_gelu = cfg.quick_gelu
         if quick_gelu is None:

@@ -38,6 +38,7 @@ class ModelConfig:
     interpolation: str = "bicubic"
     quick_gelu: Optional[bool] = None  # None: what the model config / pretrained tag says
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
+    download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
     grad_checkpointing: bool = False
 
 
@@ -107,6 +108,9 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     limit_train_batches: Optional[float] = None
     num_sanity_val_steps: int = 0
+
+
+EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/export.py; open_clip is always written
 
 
 @dataclass
@@ -264,6 +268,10 @@ def _check_values(cfg: DictConfig, source: str) -> None:
     size = list(cfg.model.image_size)
     if len(size) != 2 or min(size) <= 0:
         raise ConfigError(f"{source}: model.image_size must be [height, width] with positive values, got {size}")
+    unknown_formats = [f for f in cfg.run.export if f not in EXPORT_FORMATS]
+    if unknown_formats:
+        raise ConfigError(f"{source}: run.export names unknown format(s) {unknown_formats}; "
+                          f"choose from: {', '.join(EXPORT_FORMATS)}")
     for name, stage in cfg.stages.items():
         if not stage.train:
             raise ConfigError(f"{source}: stages.{name}.train is empty: name the parameter groups it trains")

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic Market-1501-layout set and a tiny re-ID recipe."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_reid_root(tmp_path_factory):
+    """8 train + 8 test identities, 2 cameras, 2 images per camera (deterministic)."""
+    from ftclip.data.synthetic import write_synthetic_reid
+
+    root = tmp_path_factory.mktemp("reid") / "market"
+    write_synthetic_reid(root, num_ids=8, num_cameras=2, images_per_id_cam=2, num_junk=1, num_distractors=1, seed=0)
+    return root
+
+
+def tiny_reid_overrides(root, run_dir, **extra) -> list[str]:
+    """Overrides that shrink the demo recipe to a few seconds on CPU."""
+    values = {
+        "data.root": str(root),
+        "data.synthetic": "false",
+        "data.num_workers": "0",
+        "data.batch_size": "8",
+        "data.num_instances": "2",
+        "run.dir": str(run_dir),
+        "stages.prompts.epochs": "2",
+        "stages.prompts.batch_size": "8",
+        "stages.image.epochs": "2",
+        "eval.batch_size": "16",
+    }
+    values.update({k: str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]

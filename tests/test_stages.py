@@ -1,0 +1,82 @@
+"""Stages: frozen groups stay bit-identical, trainable ones move; schedules follow the reference."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import tiny_reid_overrides
+from ftclip.config import ScheduleConfig, load_recipe
+from ftclip.engine import fit, prepare
+from ftclip.rundir import RunDir
+from ftclip.stages import lr_factor
+
+DEMO = "recipes/demo/reid_synthetic.yaml"
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_each_stage_trains_only_its_groups(tiny_reid_root, tmp_path):
+    cfg = load_recipe(DEMO, tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"eval.before": "false"}))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    initial = {k: v.clone() for k, v in prepare(cfg)[0].state_dict().items()}
+    run = RunDir.create(cfg)
+    metrics = fit(cfg, run)
+    assert set(metrics) == {"prompts", "image"} and "mAP" in metrics["image"]
+    after_prompts = _state(run.last_checkpoint("prompts"))
+    after_image = _state(run.last_checkpoint("image"))
+    assert set(after_prompts) == set(initial)
+
+    # stage 1: only the prompt vectors change
+    changed = {k for k in initial if not torch.equal(initial[k], after_prompts[k])}
+    assert changed == {"prompts.ctx"}
+
+    # stage 2: image tower and head change; text tower, prompts, logit scale are bit-identical
+    for key, value in after_image.items():
+        if key.startswith("backbone.model.visual.") or key.startswith("head."):
+            continue
+        assert torch.equal(value, after_prompts[key]), f"{key} changed in the image stage"
+    moved = [k for k in after_image if k.startswith("backbone.model.visual.")
+             and not torch.equal(after_image[k], after_prompts[k])]
+    assert moved, "the image tower did not train in the image stage"
+    assert torch.equal(after_image["head.neck.bn.bias"], torch.zeros_like(after_image["head.neck.bn.bias"]))
+    assert (run.path / "plots" / "image_loss.png").is_file()
+    assert (run.path / "config.yaml").is_file() and run.completed_stages() == ["prompts", "image"]
+
+
+def test_unknown_group_is_a_config_error(tiny_reid_root, tmp_path):
+    from ftclip.errors import ConfigError
+
+    cfg = load_recipe(DEMO, tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"stages.image.train": "[image.lora,head]"}))
+    with pytest.raises(ConfigError, match=r"stages\.image\.train.*image\.lora.*lora\.enabled"):
+        prepare(cfg)
+
+
+def _cfg(**kw):
+    return OmegaConf.structured(ScheduleConfig(**kw))
+
+
+def test_cosine_schedule_matches_reference_formula():
+    cfg = _cfg(name="cosine", warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)
+    base, epochs = 3.5e-4, 120
+    lrs = [base * lr_factor(cfg, base, epochs, e) for e in range(epochs)]
+    assert lrs[0] == pytest.approx(1e-5)
+    assert lrs[3] == pytest.approx(1e-5 + 3 * (base - 1e-5) / 5)
+    assert lrs[60] == pytest.approx(1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * 60 / 120)))
+    assert lrs[119] < lrs[60] < lrs[5]
+
+
+def test_warmup_multistep_matches_reference_formula():
+    cfg = _cfg(name="warmup_multistep", warmup_epochs=10, warmup_factor=0.1, milestones=[30, 50], gamma=0.1)
+    f = [lr_factor(cfg, 5e-6, 60, e) for e in range(60)]
+    assert f[0] == pytest.approx(0.1)
+    assert f[5] == pytest.approx(0.1 * 0.5 + 0.5)
+    assert f[10] == f[29] == pytest.approx(1.0)
+    assert f[30] == pytest.approx(0.1) and f[49] == pytest.approx(0.1)
+    assert f[50] == pytest.approx(0.01)
