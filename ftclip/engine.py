@@ -10,13 +10,16 @@ from the previous stage's final weights.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+import numpy as np
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ftclip.errors import ConfigError, FtclipError
@@ -47,6 +50,44 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen towers, on purpose
 
 
+class StepSeed(Callback):
+    """Re-seed torch/numpy/python RNGs before every training step from (seed, stage, step, rank).
+
+    The random numbers a step draws (dropout, LoRA dropout, anything in a loss) then depend
+    only on the step, not on the history of the process, so a run resumed from a mid-epoch
+    checkpoint draws exactly what the uninterrupted run drew. (Data order and augmentation
+    are seeded per (seed, epoch) and per sample by ftclip's samplers.)
+    """
+
+    def __init__(self, seed: int, stage_index: int):
+        self.seed, self.stage_index = seed, stage_index
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        entropy = [self.seed, self.stage_index, int(trainer.global_step), int(trainer.global_rank)]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also every CUDA device
+
+
+def verify_checkpoint(path: Path) -> Path:
+    """A cheap integrity check before a resume trusts ``path`` (torch checkpoints are zip archives).
+
+    Atomic writes mean a crash never leaves a truncated ``last.ckpt`` (leftover ``.last.ckpt.*.tmp``
+    files are never read); this catches a file damaged afterwards (disk, copy) with a clear message.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl inside")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise FtclipError(
+            f"checkpoint {path} is damaged ({exc}); delete it to restart that stage from its beginning "
+            f"(the previous stages' checkpoints are kept), then `ftclip fit --resume` again"
+        ) from None
+    return path
+
+
 def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) -> L.Trainer:
     """A Trainer for one stage (``stage_cfg`` given) or for evaluation only."""
     t = cfg.trainer
@@ -67,6 +108,7 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) ->
                                          save_top_k=1, enable_version_counter=False))
     logger = CSVLogger(save_dir=str(run.log_dir()), name=stage, version="")
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    callbacks.append(StepSeed(int(cfg.seed), list(cfg.stages).index(stage)))
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(
@@ -135,8 +177,17 @@ def fit(cfg, run: RunDir) -> dict:
         line = module.set_stage(name, stage)
         print(line, flush=True)
         resume_from = run.last_checkpoint(name)
+        if resume_from is not None:
+            verify_checkpoint(resume_from)
         if resume_from is None and previous is not None:
-            _load_weights(module, run.last_checkpoint(previous))
+            previous_ckpt = run.last_checkpoint(previous)
+            if previous_ckpt is None:
+                raise FtclipError(
+                    f"stage '{previous}' is marked completed in {run.path / 'state.json'} but "
+                    f"{run.checkpoint_dir(previous) / 'last.ckpt'} is missing; restore it, or remove '{previous}' "
+                    "from state.json to train that stage again"
+                )
+            _load_weights(module, previous_ckpt)
         if resume_from is not None:
             print(f"resuming stage '{name}' from {resume_from}", flush=True)
         datamodule.set_stage(stage.kind, stage.batch_size)
@@ -161,7 +212,7 @@ def fit(cfg, run: RunDir) -> dict:
 def _load_weights(module, ckpt: Path | None) -> None:
     if ckpt is None:
         return
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(verify_checkpoint(ckpt), map_location="cpu", weights_only=False)
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=True)
 

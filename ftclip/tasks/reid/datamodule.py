@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ftclip.data.images import check_images, read_image
 from ftclip.data.reid import ReidDataset, ReidSample, load_reid_dataset
+from ftclip.data.resume import resumable_loader
 from ftclip.data.samplers import PKBatchSampler, ShardSampler
 from ftclip.data.transforms import apply, eval_transform, reid_train_transform
 from ftclip.errors import ConfigError
@@ -124,14 +125,17 @@ class ReidDataModule(L.LightningDataModule):
         seed = int(self.cfg.seed)
         if self.stage_kind == "prompts":
             sampler = ShardSampler(len(ds.train), shuffle=True, seed=seed, rank=rank, world_size=world, pad=True)
-            return DataLoader(Indices(len(ds.train)), sampler=sampler, batch_size=self.stage_batch_size,
-                              drop_last=False)
+            return resumable_loader(self, Indices(len(ds.train)), sampler=sampler, batch_size=self.stage_batch_size,
+                                    drop_last=False)
         d = self.cfg.data
         transform = reid_train_transform(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad,
                                          erasing_p=d.erasing_p, interpolation=self.interpolation)
         sampler = PKBatchSampler([s.pid for s in ds.train], self.stage_batch_size, int(d.num_instances),
                                  seed=seed, rank=rank, world_size=world)
-        return self._loader(ReidImages(ds.train, transform), batch_sampler=sampler)
+        workers = int(d.num_workers)  # resumable: a mid-epoch checkpoint resumes at its batch (ftclip/data/resume.py)
+        return resumable_loader(self, ReidImages(ds.train, transform), batch_sampler=sampler, num_workers=workers,
+                                pin_memory=bool(d.pin_memory) and torch.cuda.is_available(),
+                                persistent_workers=workers > 0)
 
     def cache_dataloader(self) -> DataLoader:
         ds = self.load()
