@@ -46,6 +46,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resume
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen towers, on purpose
 
@@ -194,7 +195,7 @@ def fit(cfg, run: RunDir) -> dict:
         trainer = build_trainer(cfg, run, name, stage)
         start = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt")  # the stage's final state, atomically
+        trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt", weights_only=False)  # final state, atomically
         metrics[name] = evaluate(cfg, module, datamodule)
         metrics[name]["train_seconds"] = round(time.time() - start, 2)
         run.record_metrics(name, metrics[name])

@@ -19,7 +19,7 @@ from ftclip.data.reid import ReidDataset, ReidSample, load_reid_dataset
 from ftclip.data.resume import resumable_loader
 from ftclip.data.samplers import PKBatchSampler, ShardSampler
 from ftclip.data.transforms import apply, eval_transform, reid_train_transform
-from ftclip.errors import ConfigError
+from ftclip.errors import ConfigError, FtclipError
 
 
 class ReidImages(Dataset):
@@ -90,7 +90,19 @@ class ReidDataModule(L.LightningDataModule):
                                       [s for s in dataset.query if s.path not in skip],
                                       [s for s in dataset.gallery if s.path not in skip])
         self.dataset = dataset
+        self._check_pk_batches(dataset)
         return dataset
+
+    def _check_pk_batches(self, dataset: ReidDataset) -> None:
+        """P x K stages fail here, before any model is built, if their batch cannot be formed."""
+        pids = [s.pid for s in dataset.train]
+        for name, stage in self.cfg.stages.items():
+            if stage.kind == "image":
+                try:
+                    PKBatchSampler(pids, int(stage.batch_size or self.cfg.data.batch_size),
+                                   int(self.cfg.data.num_instances))
+                except FtclipError as exc:
+                    raise type(exc)(f"stage '{name}': {exc}") from None
 
     @property
     def info(self) -> dict:
