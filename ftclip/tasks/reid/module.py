@@ -130,6 +130,32 @@ class ReidModule(StagedModule):
     def triplet_margin(self) -> float:
         return float(self.stage_cfg.losses.get("triplet_margin", 0.3))
 
+    # ------------------------------------------------------------------ export hooks (ftclip/export.py)
+    EXPORT_TEXT_ENCODER = False  # the text side is the fixed per-ID features, not the text tower
+
+    def export_info(self) -> dict:
+        return {"feature": str(self.cfg.eval.feature), "metric": str(self.cfg.eval.metric),
+                "template": self.prompts.template, "num_ids": self.num_ids,
+                "sie": self.head.sie is not None,
+                "sie_coefficient": float(self.head.sie.coefficient) if self.head.sie is not None else 0.0}
+
+    @torch.no_grad()
+    def export_text_features(self) -> dict[str, torch.Tensor]:
+        # The template's prefix/suffix buffers are not in checkpoints: they were embedded when the module
+        # was built, before the checkpoint's token embedding was loaded (differs for random-init models).
+        embedded = self.backbone.embed_tokens(self.prompts.tokens)
+        start = self.prompts.prefix.shape[1]
+        self.prompts.prefix = embedded[:, :start].clone()
+        self.prompts.suffix = embedded[:, start + self.prompts.num_tokens:].clone()
+        self.build_id_text_features()
+        return {"id_text_features": self.id_text_features.detach().float().cpu()}
+
+    def export_prompts(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.prompts.ctx.detach().cpu()}
+
+    def export_heads(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
+
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
         feats = self.embed(batch["image"], batch["camid"])

@@ -1,0 +1,38 @@
+"""``ftclip export RUN_DIR [--format open_clip onnx] [--out DIR] [--overwrite]``."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a run's adapted encoder (open_clip checkpoint, ONNX), verified by a round trip",
+        description="Write the final weights of a run as an open_clip checkpoint + config (loads with plain "
+                    "open_clip, LoRA merged), the task's text features / prompts / heads, a model card and, with "
+                    "--format onnx, ONNX encoders. Every export is reloaded and compared with the trained model "
+                    "before it is put in place. See docs/export.md.")
+    p.add_argument("run_dir", help="run directory written by `ftclip fit`")
+    p.add_argument("--format", dest="formats", nargs="+", default=["open_clip"], metavar="FORMAT",
+                   help="open_clip (always written) and/or onnx (default: open_clip)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ftclip.export import check_formats, export_run
+    from ftclip.inference import EXPORT_META
+
+    check_formats(args.formats)
+    out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite)
+    meta = json.loads((out / EXPORT_META).read_text(encoding="utf-8"))
+    ver = meta["verification"]
+    print(f"verified: reloaded with plain open_clip, encode_image max abs diff {ver['encode_image_max_abs_diff']:.3g}"
+          + "".join(f"; {name} (onnxruntime) max abs diff {max(entry['max_abs_diff'].values()):.3g}"
+                    for name, entry in ver.get("onnx", {}).items()))
+    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}) to {out}")
+    print(f"load it:  import open_clip; model, _, preprocess = "
+          f"open_clip.create_model_and_transforms('local-dir:{out.resolve()}')")
+    return 0

@@ -1,0 +1,496 @@
+"""Export a trained run as artifacts that load without ftclip, verified by a round trip.
+
+:func:`export_run` writes (see docs/export.md)::
+
+    <out>/
+      open_clip_model.safetensors   the whole open_clip model (LoRA merged), stock open_clip keys
+      open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} for create_model('local-dir:<out>')
+      ftclip_export.json            model name, image size, mean/std, feature, recipe + hash, metrics, versions
+      text_features.safetensors     the task's text side (re-ID: id_text_features; IQA: positive/negative, logit_scale)
+      prompts.safetensors           learned prompt token vectors (if the task learns prompts)
+      heads.safetensors             task heads (re-ID: BNNecks, classifiers, SIE)
+      README.md                     model card
+      image_encoder.onnx[.data]     with --format onnx; text_encoder.onnx[.data] where the task needs it
+
+Everything is written into a temporary folder beside ``out`` and renamed into place only
+after verification: the weights are reloaded by plain open_clip into a fresh model, whose
+``encode_image`` (and the task feature) must match the trained model within 1e-5 (float32),
+and each ONNX file must match torch within 1e-4 under onnxruntime. A mismatch fails the
+export with the figures and leaves any previous export untouched.
+
+Task modules take part through optional hooks (all return CPU tensors / JSON-able values):
+
+* ``export_info() -> dict``: at least ``{"feature": "proj" | "final" | "final+proj"}`` (the
+  feature the task evaluates with), plus anything worth recording (templates, prompt texts);
+* ``export_text_features() -> dict[str, Tensor]``, ``export_prompts() -> dict[str, Tensor]``,
+  ``export_heads() -> dict[str, Tensor]``: the contents of the three safetensors files;
+* ``EXPORT_TEXT_ENCODER`` (class attribute, default True): whether ONNX export includes the
+  text encoder (re-ID sets False: its text side is the fixed per-ID features);
+* ``embed(images) -> Tensor``: if present, its L2-normalised output is compared with the same
+  feature computed from the reloaded open_clip model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftclip import __version__
+from ftclip.config import EXPORT_FORMATS, config_hash, to_yaml
+from ftclip.errors import FtclipError
+from ftclip.inference import (EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TEXT_FEATURES,
+                              ImageEncoder, load_open_clip_export, select_feature)
+
+log = logging.getLogger("ftclip")
+
+TOLERANCE = 1e-5  # reloaded open_clip vs trained model, float32, max abs diff
+ONNX_TOLERANCE = 1e-4  # onnxruntime vs torch
+VERIFY_BATCH = 4
+ONNX_VERIFY_BATCH = 3  # differs from the traced batch (2): checks the dynamic batch axis too
+_OPEN_CLIP_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+class ExportVerificationError(FtclipError):
+    """A round trip did not reproduce the trained model; the message holds the figures."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def check_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
+    formats = [str(f) for f in formats]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise FtclipError(f"unknown export format(s) {unknown}; choose from: {', '.join(EXPORT_FORMATS)}")
+    if not formats:
+        raise FtclipError(f"give at least one export format ({', '.join(EXPORT_FORMATS)})")
+    return list(dict.fromkeys(formats))
+
+
+def fixed_images(image_size: tuple[int, int], batch: int = VERIFY_BATCH, seed: int = 0) -> torch.Tensor:
+    """The deterministic batch every verification uses (normalised-image range, float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, *image_size, generator=gen)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().float().cpu() - b.detach().float().cpu()).abs().max())
+
+
+def _tolerance(reference: torch.Tensor, tol: float) -> float:
+    """Absolute tolerance ``tol``, scaled up for features whose magnitude exceeds 1 (float32 rounding)."""
+    return tol * max(1.0, float(reference.abs().max()))
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    save_file(clean, str(path), metadata=metadata)
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+
+    out = {"ftclip": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+           "python": platform.python_version()}
+    for name in ("onnx", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:
+            pass
+    return out
+
+
+def open_clip_config(backbone) -> dict:
+    """The ``open_clip_config.json`` content: the model config with this run's image size and activation,
+    and the preprocessing (resize to height x width, 'squash', as ftclip evaluates)."""
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(backbone.name)
+    if not model_cfg:
+        raise FtclipError(f"open_clip has no model config for {backbone.name}; cannot write {OPEN_CLIP_CONFIG}")
+    height, width = backbone.preprocess.image_size
+    model_cfg["vision_cfg"]["image_size"] = [height, width] if height != width else height
+    model_cfg["quick_gelu"] = bool(backbone.quick_gelu)
+    interpolation = backbone.preprocess.interpolation
+    preprocess_cfg = {
+        "size": [height, width],
+        "mean": list(backbone.preprocess.mean),
+        "std": list(backbone.preprocess.std),
+        "interpolation": interpolation if interpolation in _OPEN_CLIP_INTERPOLATIONS else "bicubic",
+        "resize_mode": "squash",
+    }
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+
+
+def one_liner(meta: dict, path: str) -> str:
+    """The plain open_clip call that loads ``open_clip_model.safetensors`` with a stock model name."""
+    h, w = meta["image_size"]
+    args = [repr(meta["model_name"]), f"pretrained='{path}/{OPEN_CLIP_WEIGHTS}'"]
+    if h != w:
+        args.append(f"force_image_size=({h}, {w})")
+    if meta.get("quick_gelu"):
+        args.append("force_quick_gelu=True")
+    args += [f"image_mean={tuple(round(x, 6) for x in meta['mean'])}",
+             f"image_std={tuple(round(x, 6) for x in meta['std'])}",
+             f"image_interpolation='{meta['open_clip_interpolation']}'", "image_resize_mode='squash'"]
+    return f"open_clip.create_model_and_transforms({', '.join(args)})"
+
+
+# ---------------------------------------------------------------------------------------- ONNX
+class _TextEncoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                 output_names: list[str]) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
+    except ImportError:
+        raise FtclipError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'ftclip[onnx]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[input_name],
+                              output_names=output_names, dynamic_shapes=({0: batch},), verbose=False,
+                              external_data=True)
+        except Exception as exc:
+            raise FtclipError(f"ONNX export of {path.name} failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def _onnx_check(path: Path, inputs: torch.Tensor, expected: tuple[torch.Tensor, ...],
+                output_names: list[str]) -> dict[str, float]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FtclipError("--format onnx needs onnxruntime to verify the export: pip install 'ftclip[onnx]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+    diffs = {}
+    for name, got, want in zip(output_names, outputs, expected):
+        diffs[name] = _max_diff(torch.from_numpy(got), want)
+    bad = {k: v for k, v in diffs.items() if not v < _tolerance(expected[output_names.index(k)], ONNX_TOLERANCE)}
+    if bad:
+        figures = ", ".join(f"{k}: max abs diff {v:.3g}" for k, v in diffs.items())
+        raise ExportVerificationError(
+            f"ONNX verification of {path.name} failed (onnxruntime vs torch, batch {inputs.shape[0]}, tolerance "
+            f"{ONNX_TOLERANCE:g}): {figures}; the export was not written"
+        )
+    return diffs
+
+
+def export_onnx(model: nn.Module, directory: Path, image_size: tuple[int, int], text: bool,
+                model_name: str = "ViT-B-32") -> dict[str, Any]:
+    """``image_encoder.onnx`` (and ``text_encoder.onnx`` if ``text``) from a stock open_clip model, each
+    checked under onnxruntime. Returns the verification figures."""
+    report: dict[str, Any] = {}
+    encoder = ImageEncoder(model.visual).eval()
+    names = ["image_features", "final_features"] if encoder.has_final else ["image_features"]
+    path = directory / "image_encoder.onnx"
+    _onnx_export(encoder, fixed_images(image_size, 2, seed=1), path, "image", names)
+    check = fixed_images(image_size, ONNX_VERIFY_BATCH, seed=2)
+    with torch.no_grad():
+        expected = encoder(check)
+    report["image_encoder.onnx"] = {"inputs": {"image": ["batch", 3, *image_size]}, "outputs": names,
+                                    "max_abs_diff": _onnx_check(path, check, expected, names)}
+    if text:
+        import open_clip
+
+        length = int(getattr(model, "context_length", 77))
+        tokenizer = open_clip.get_tokenizer(model_name, context_length=length)
+        wrapper = _TextEncoder(model).eval()
+        path = directory / "text_encoder.onnx"
+        _onnx_export(wrapper, tokenizer(["a photo.", "a good photo of a thing."]), path,
+                     "tokens", ["text_features"])
+        check = tokenizer(["Good photo.", "Bad photo.", "a blurry picture of a dog."])
+        with torch.no_grad():
+            expected = (wrapper(check),)
+        report["text_encoder.onnx"] = {"inputs": {"tokens": ["batch", length]}, "outputs": ["text_features"],
+                                       "max_abs_diff": _onnx_check(path, check, expected, ["text_features"])}
+    return report
+
+
+# ---------------------------------------------------------------------------------------- model card
+def _metrics_table(metrics: dict) -> str:
+    if not metrics:
+        return "_No metrics were recorded._\n"
+    columns: list[str] = []
+    for values in metrics.values():
+        for key in values:
+            if key not in columns and key != "train_seconds":
+                columns.append(key)
+    lines = ["| evaluated after | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for stage, values in metrics.items():
+        cells = [f"{values[c]:.4f}" if isinstance(values.get(c), (int, float)) else "" for c in columns]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(meta: dict, cfg) -> str:
+    h, w = meta["image_size"]
+    data = cfg.get("data", {})
+    data_desc = ", ".join(f"{k}={data[k]}" for k in ("format", "root", "images", "csv") if data.get(k) not in (None, ""))
+    stages = "\n".join(f"- `{name}` ({stage.kind}): trained {list(stage.train)}, {stage.epochs} epochs"
+                       for name, stage in cfg.stages.items())
+    feature = meta["feature"]
+    lora = meta.get("lora_merged")
+    files = "\n".join(f"- `{name}`" + (f": {desc}" if desc else "") for name, desc in meta["files"].items())
+    reid_snippet = ""
+    if feature in ("final", "final+proj"):
+        reid_snippet = f"""
+The task feature `{feature}` also needs the class token *before* the projection. With plain open_clip:
+
+```python
+import torch, torch.nn.functional as F
+
+@torch.no_grad()
+def task_feature(model, images):              # images: preprocess(...) outputs stacked, [B, 3, {h}, {w}]
+    visual = model.visual
+    proj, visual.proj = visual.proj, None     # without the projection, encode_image returns ln_post(class token)
+    try:
+        final = model.encode_image(images)
+    finally:
+        visual.proj = proj
+    parts = {{"final": [final], "final+proj": [final, final @ proj]}}["{feature}"]
+    return F.normalize(torch.cat(parts, dim=1), dim=1)
+```
+"""
+    sie_note = ""
+    if meta.get("sie"):
+        sie_note = ("\nThis run used camera embeddings (SIE) during evaluation; they are in `heads.safetensors` "
+                    "(`sie.weight`, times the coefficient, added to the class token). The exported encoder and "
+                    "`ftclip embed` compute features without them.\n")
+    return f"""# {meta['name']} — ftclip export
+
+Adapted `{meta['model_name']}` image encoder, fine-tuned with ftclip {meta['versions']['ftclip']} for the
+**{meta['task']}** task. Recipe hash `{meta['recipe_hash']}` (the full recipe is in `ftclip_export.json`).
+
+- Trained on: {data_desc or 'see the recipe'}
+- Input: {h}x{w} (height x width) RGB, resized without cropping ({meta['interpolation']}),
+  normalised with mean {meta['mean']} and std {meta['std']}
+- Activation: {'QuickGELU' if meta['quick_gelu'] else 'GELU'}{'; LoRA adapters merged into the weights' if lora else ''}
+- Task feature: `{feature}` (L2-normalised)
+
+## Stages
+
+{stages}
+
+## Metrics
+
+{_metrics_table(meta.get('metrics', {}))}
+## Load it with open_clip (no ftclip needed)
+
+```python
+import open_clip
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:/path/to/this/folder")
+```
+
+or with the stock model name and the weights file:
+
+```python
+import open_clip
+model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
+```
+
+`model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
+{reid_snippet}{sie_note}
+## Use it with ftclip
+
+```
+ftclip embed /path/to/this/folder images/ --out feats.npy      # or .parquet / .csv, with the image paths
+```
+
+## Files
+
+{files}
+
+Verified at export: reloaded by plain open_clip, `encode_image` max abs diff
+{meta['verification']['encode_image_max_abs_diff']:.3g} vs the trained model (tolerance {TOLERANCE:g}).
+"""
+
+
+# ---------------------------------------------------------------------------------------- export
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FtclipError(f"export folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise FtclipError(f"export path {out} exists and is not a folder; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FtclipError(f"cannot create the folder {out.parent} for the export ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise FtclipError(f"folder {out.parent} is not writable; choose another --out")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and then removed."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False) -> Path:
+    """Export the final weights of ``run_dir`` in ``formats`` (``open_clip`` is always written; ``onnx`` adds
+    ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``."""
+    from ftclip.engine import load_module_from_run
+    from ftclip.rundir import RunDir
+
+    formats = check_formats(formats)
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FtclipError(f"{run_dir} is not an ftclip run directory (no config.yaml); give the folder `ftclip fit` made")
+    run = RunDir(run_dir)
+    if run.final_checkpoint() is None:
+        raise FtclipError(f"run {run_dir} has no completed stage with a checkpoint; nothing to export. "
+                          f"Train it first (ftclip fit), or finish it with `ftclip fit --resume {run_dir}`")
+    out = Path(out) if out is not None else run_dir / "export"
+    _prepare_out(out, overwrite)
+
+    module, cfg = load_module_from_run(run)
+    module = module.cpu().eval()
+    backbone = module.backbone
+    meta = dict(backbone.metadata())
+    meta["open_clip_interpolation"] = open_clip_config(backbone)["preprocess_cfg"]["interpolation"]
+    info = dict(module.export_info()) if hasattr(module, "export_info") else {}
+    feature = str(info.get("feature", "proj"))
+    if feature not in FEATURES:
+        raise FtclipError(f"task '{cfg.task}' reports export feature '{feature}', not one of {', '.join(FEATURES)}")
+
+    # reference outputs of the trained model (LoRA unmerged), then merge
+    images = fixed_images(backbone.preprocess.image_size)
+    with torch.no_grad():
+        ref_proj = backbone.encode_image(images).float()
+        ref_task = module.embed(images).float() if hasattr(module, "embed") else None
+        text_features = module.export_text_features() if hasattr(module, "export_text_features") else {}
+        prompts = module.export_prompts() if hasattr(module, "export_prompts") else {}
+        heads = module.export_heads() if hasattr(module, "export_heads") else {}
+    lora_merged = False
+    if getattr(module, "lora_summary", None) is not None and module.lora_summary.targets:
+        from ftclip.strategies.lora import merge_lora
+
+        merge_lora(backbone)
+        lora_merged = True
+    leftover = [k for k in backbone.model.state_dict() if "lora_" in k or "base_layer" in k]
+    if leftover:
+        raise FtclipError(f"the model still holds LoRA adapter weights ({leftover[0]}, ...) after merging; "
+                          "cannot write a stock open_clip checkpoint")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _save_tensors(tmp / OPEN_CLIP_WEIGHTS, backbone.model.state_dict(), {"format": "pt"})
+        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(open_clip_config(backbone), indent=2) + "\n", encoding="utf-8")
+
+        # verification: plain open_clip, fresh model, same batch
+        fresh = load_open_clip_export(tmp, "cpu")
+        encoder = ImageEncoder(fresh.visual).eval()
+        with torch.no_grad():
+            got_proj = fresh.encode_image(images).float()
+            outputs = encoder(images)
+        verification: dict[str, Any] = {"batch": list(images.shape), "tolerance": TOLERANCE,
+                                        "encode_image_max_abs_diff": _max_diff(got_proj, ref_proj),
+                                        "encoder_vs_encode_image_max_abs_diff": _max_diff(outputs[0], got_proj)}
+        checks = [("encode_image", verification["encode_image_max_abs_diff"], ref_proj),
+                  ("image encoder (proj output)", verification["encoder_vs_encode_image_max_abs_diff"], got_proj)]
+        if ref_task is not None:
+            verification[f"feature_{feature}_max_abs_diff"] = _max_diff(select_feature(outputs, feature), ref_task)
+            checks.append((f"task feature '{feature}'", verification[f"feature_{feature}_max_abs_diff"], ref_task))
+        bad = [(name, diff, _tolerance(ref, TOLERANCE)) for name, diff, ref in checks if not diff < _tolerance(ref, TOLERANCE)]
+        if bad:
+            figures = "; ".join(f"{name}: max abs diff {diff:.3g} (tolerance {tol:.3g})" for name, diff, tol in bad)
+            raise ExportVerificationError(
+                f"export verification failed for run {run_dir}: reloading {OPEN_CLIP_WEIGHTS} with plain open_clip "
+                f"does not reproduce the trained model on a fixed batch of {images.shape[0]} ({figures})"
+                f"{' after merging LoRA' if lora_merged else ''}; nothing was written to {out}"
+            )
+
+        files: dict[str, str] = {
+            OPEN_CLIP_WEIGHTS: "open_clip state dict" + (" (LoRA merged)" if lora_merged else ""),
+            OPEN_CLIP_CONFIG: "open_clip model + preprocessing config (local-dir: loading)",
+            EXPORT_META: "what this export is (model, preprocessing, feature, recipe, metrics, versions)",
+        }
+        if text_features:
+            _save_tensors(tmp / TEXT_FEATURES, text_features)
+            files[TEXT_FEATURES] = ", ".join(f"{k} {list(v.shape)}" for k, v in text_features.items())
+        if prompts:
+            _save_tensors(tmp / "prompts.safetensors", prompts)
+            files["prompts.safetensors"] = ", ".join(f"{k} {list(v.shape)}" for k, v in prompts.items())
+        if heads:
+            _save_tensors(tmp / "heads.safetensors", heads)
+            files["heads.safetensors"] = ", ".join(f"{k} {list(v.shape)}" for k, v in heads.items())
+        if "onnx" in formats:
+            text = bool(getattr(module, "EXPORT_TEXT_ENCODER", True))
+            verification["onnx"] = export_onnx(fresh, tmp, tuple(backbone.preprocess.image_size), text,
+                                             backbone.name)
+            for name, entry in verification["onnx"].items():
+                data = " (+ .data weights beside it)" if (tmp / f"{name}.data").exists() else ""
+                files[name] = f"inputs {entry['inputs']}, outputs {entry['outputs']}{data}"
+        files["README.md"] = "model card"
+
+        metrics = run.metrics()
+        meta.update({
+            "format_version": 1,
+            "name": str(cfg.name),
+            "task": str(cfg.task),
+            "feature": feature,
+            "features_available": list(FEATURES) if encoder.has_final else ["proj"],
+            "lora_merged": lora_merged,
+            "formats": formats,
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": str(run.final_checkpoint()),
+            "recipe_hash": config_hash(cfg),
+            "recipe": to_yaml(cfg),
+            "metrics": metrics,
+            "final_metrics": metrics.get(next(reversed(metrics), ""), {}) if metrics else {},
+            "versions": _versions(),
+            "verification": verification,
+            "files": files,
+            "task_info": info,
+        })
+        meta["sie"] = bool(info.get("sie", False))
+        meta["open_clip_one_liner"] = one_liner(meta, str(out.resolve()))
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(meta, cfg), encoding="utf-8")
+        mask = os.umask(0)
+        os.umask(mask)
+        for file in tmp.iterdir():  # mkdtemp/safetensors create owner-only files: give them the usual mode
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(file, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if out.exists() and not overwrite:  # appeared while we worked
+            raise FtclipError(f"export folder {out} appeared during the export; pass --overwrite or choose another --out")
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
