@@ -18,6 +18,8 @@ COMMANDS = [
     "ftclip.commands.fit",
     "ftclip.commands.data",
     "ftclip.commands.recipes",
+    "ftclip.commands.export",
+    "ftclip.commands.embed",
 ]
 
 
