@@ -18,6 +18,7 @@ COMMANDS = [
     "ftclip.commands.fit",
     "ftclip.commands.data",
     "ftclip.commands.recipes",
+    "ftclip.commands.score",
     "ftclip.commands.export",
     "ftclip.commands.embed",
 ]

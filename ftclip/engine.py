@@ -132,6 +132,13 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
+def _on_stage_end(module, run: RunDir, stage: str) -> None:
+    """A task's optional hook after each evaluation is recorded (e.g. IQA scatter plots)."""
+    hook = getattr(module, "on_stage_end", None)
+    if callable(hook):
+        hook(run, stage)
+
+
 def check_stages(cfg, module) -> None:
     """Every stage's kind and groups are valid before anything trains."""
     groups = module.parameter_groups()
@@ -169,6 +176,7 @@ def fit(cfg, run: RunDir) -> dict:
     if cfg.eval.before and "initial" not in metrics and not completed:
         metrics["initial"] = evaluate(cfg, module, datamodule)
         run.record_metrics("initial", metrics["initial"])
+        _on_stage_end(module, run, "initial")
         print(f"[initial] {_format(metrics['initial'])}", flush=True)
     previous: str | None = None
     for name, stage in cfg.stages.items():
@@ -201,6 +209,7 @@ def fit(cfg, run: RunDir) -> dict:
         run.record_metrics(name, metrics[name])
         run.mark_completed(name)
         plot_stage_losses(run, name)
+        _on_stage_end(module, run, name)
         print(f"[{name}] {_format(metrics[name])}", flush=True)
         previous = name
     if cfg.run.export:

@@ -1,0 +1,88 @@
+"""Recipe schema of the image-quality task (antonym prompts: QualiCLIP-style and CLIP-IQA+-style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ftclip.config import EvalConfig, LoraConfig, RecipeBase
+
+STAGE_KINDS = ("qualiclip", "mos")
+
+
+@dataclass
+class IqaDataConfig:
+    # stage qualiclip: unlabeled (pristine) images, one folder or a list of folders, searched recursively
+    images: Any = None
+    levels: int = 5  # L: degradation levels per distortion (1..10)
+    distortions: List[str] = field(default_factory=lambda: [
+        "blur", "noise", "jpeg", "downscale", "brightness", "contrast", "saturation"])
+    min_overlap: float = 0.5  # the two crops of an image share at least this fraction of their area
+    max_overlap: float = 0.9  # ... and at most this fraction (so they are not identical)
+    # stage mos: a labeled set (koniq10k, spaq, kadid10k, livec, csv or auto) with mean opinion scores
+    format: str = "auto"
+    root: Optional[str] = None
+    split: Optional[str] = None  # koniq10k: train|val|test; csv: its split column; None: everything
+    csv: Optional[str] = None  # format=csv: the list file (path,mos[,split]); default the one .csv in root
+    images_dir: Optional[str] = None  # override the layout's image folder (relative to root)
+    mos_range: Optional[List[float]] = None  # [lo, hi] -> MOS mapped to [0, 1]; None: the format's scale
+    flip_p: float = 0.5  # stage mos: horizontal flip (CLIP-IQA+ uses flips only)
+    # ftclip's synthetic set (pristine/ + eval.csv), written to synthetic_dir if missing
+    synthetic: bool = False
+    synthetic_dir: str = "runs/_data/iqa_synthetic"
+    synthetic_images: int = 32  # pristine training images
+    synthetic_eval_images: int = 8  # eval sources (each degraded by every kind at every level)
+    synthetic_size: List[int] = field(default_factory=lambda: [96, 96])
+    batch_size: int = 16  # per device; stage qualiclip: images (each 2 x L crops)
+    num_workers: int = 4
+    pin_memory: bool = True
+    on_bad_image: str = "error"  # error | skip
+    check_images: bool = True  # decode every image once before training (bad files fail fast)
+
+
+@dataclass
+class EvalSetConfig:
+    """One labeled evaluation set."""
+
+    format: str = "auto"
+    root: Optional[str] = None
+    split: Optional[str] = None
+    csv: Optional[str] = None
+    images_dir: Optional[str] = None
+
+
+@dataclass
+class IqaEvalConfig(EvalConfig):
+    # names of the sets to evaluate on; each is a key below (or under `extra`)
+    sets: List[str] = field(default_factory=list)
+    koniq: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="koniq10k", split="test"))
+    spaq: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="spaq"))
+    kadid: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="kadid10k"))
+    livec: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="livec"))
+    csv: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
+    # root null: <data.synthetic_dir>/eval.csv (ftclip's graded synthetic set, MOS = levels - level)
+    synthetic: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
+    extra: Dict[str, EvalSetConfig] = field(default_factory=dict)  # any other named sets
+    plots: bool = True  # scatter plot (predicted vs MOS) per set into plots/ after each stage
+
+
+@dataclass
+class AntonymConfig:
+    pairs: List[List[str]] = field(default_factory=lambda: [["Good photo.", "Bad photo."]])
+    logit_scale: Optional[float] = 100.0  # fixed scale on cosine similarity; null: the model's own
+    context_tokens: int = 0  # > 0: CoOp shared learnable context (group `prompts`), CLIP-IQA+ uses 16
+    init_std: float = 0.02
+
+
+@dataclass
+class IqaStrategies:
+    antonym: AntonymConfig = field(default_factory=AntonymConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class Schema(RecipeBase):
+    task: str = "iqa"
+    data: IqaDataConfig = field(default_factory=IqaDataConfig)
+    strategies: IqaStrategies = field(default_factory=IqaStrategies)
+    eval: IqaEvalConfig = field(default_factory=IqaEvalConfig)
