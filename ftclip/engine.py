@@ -47,6 +47,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resume
+    warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")  # gathered by index
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen towers, on purpose
 
@@ -69,6 +71,13 @@ class StepSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also every CUDA device
+
+
+def _is_main_process() -> bool:
+    """Global rank 0 (Lightning sets the rank in DDP worker processes from their environment)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def verify_checkpoint(path: Path) -> Path:
@@ -175,8 +184,9 @@ def fit(cfg, run: RunDir) -> dict:
     metrics = run.metrics()
     if cfg.eval.before and "initial" not in metrics and not completed:
         metrics["initial"] = evaluate(cfg, module, datamodule)
-        run.record_metrics("initial", metrics["initial"])
-        _on_stage_end(module, run, "initial")
+        if _is_main_process():  # under DDP every rank runs this function; one writes the run directory
+            run.record_metrics("initial", metrics["initial"])
+            _on_stage_end(module, run, "initial")
         print(f"[initial] {_format(metrics['initial'])}", flush=True)
     previous: str | None = None
     for name, stage in cfg.stages.items():
@@ -206,13 +216,14 @@ def fit(cfg, run: RunDir) -> dict:
         trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt", weights_only=False)  # final state, atomically
         metrics[name] = evaluate(cfg, module, datamodule)
         metrics[name]["train_seconds"] = round(time.time() - start, 2)
-        run.record_metrics(name, metrics[name])
-        run.mark_completed(name)
-        plot_stage_losses(run, name)
-        _on_stage_end(module, run, name)
+        if _is_main_process():
+            run.record_metrics(name, metrics[name])
+            run.mark_completed(name)
+            plot_stage_losses(run, name)
+            _on_stage_end(module, run, name)
         print(f"[{name}] {_format(metrics[name])}", flush=True)
         previous = name
-    if cfg.run.export:
+    if cfg.run.export and _is_main_process():
         from ftclip.export import export_run
 
         export_run(run.path, list(cfg.run.export), out=run.path / "export", overwrite=True)

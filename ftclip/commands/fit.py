@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ftclip.errors import FtclipError
+
+
+RUN_DIR_ENV = "FTCLIP_RUN_DIR"
 
 
 def register(sub) -> None:
@@ -21,7 +25,20 @@ def run(args) -> int:
     from ftclip.engine import fit
     from ftclip.rundir import RunDir
 
-    if args.resume:
+    if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or args.resume):
+        # a DDP worker (started by Lightning re-running this command, or a resume under torchrun/SLURM)
+        run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or args.resume)
+        cfg = run_dir.load_config()
+    elif _worker_rank() > 0 and args.recipe:
+        # torchrun / srun start every rank with the same command: rank 0 creates run.dir, the others join it
+        cfg = load_recipe(args.recipe, list(args.overrides))
+        if not cfg.run.dir:
+            raise FtclipError("several processes were launched (torchrun/srun): set run.dir so they share one run "
+                              "directory, e.g. run.dir=runs/my_job")
+        run_dir = RunDir(cfg.run.dir)
+        _wait_for(run_dir.config_path)
+        cfg = run_dir.load_config()
+    elif args.resume:
         if args.recipe or args.overrides:
             raise FtclipError("--resume takes only the run directory: its saved config.yaml is used as it is")
         run_dir = RunDir.open(args.resume)
@@ -31,7 +48,34 @@ def run(args) -> int:
             raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
         cfg = load_recipe(args.recipe, list(args.overrides))
         run_dir = RunDir.create(cfg)
-    metrics = fit(cfg, run_dir)
+    saved = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.path)  # inherited by the DDP workers Lightning launches
+    try:
+        metrics = fit(cfg, run_dir)
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = saved
     print(json.dumps(metrics, indent=2))
     print(f"done: {run_dir.path}")
     return 0
+
+
+def _worker_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when not launched as a worker)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key)
+        if value and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _wait_for(path, timeout: float = 600.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not path.is_file():
+        if time.time() > deadline:
+            raise FtclipError(f"rank 0 did not create {path} within {int(timeout)} s; is run.dir on a shared file system?")
+        time.sleep(1.0)
