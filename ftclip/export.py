@@ -279,6 +279,8 @@ def task_feature(model, images):              # images: preprocess(...) outputs 
         sie_note = ("\nThis run used camera embeddings (SIE) during evaluation; they are in `heads.safetensors` "
                     "(`sie.weight`, times the coefficient, added to the class token). The exported encoder and "
                     "`ftclip embed` compute features without them.\n")
+    task_details = "".join(f"- {key}: `{json.dumps(value)}`\n" for key, value in meta.get("task_info", {}).items())
+    task_details = task_details or "_None recorded._\n"
     return f"""# {meta['name']} — ftclip export
 
 Adapted `{meta['model_name']}` image encoder, fine-tuned with ftclip {meta['versions']['ftclip']} for the
@@ -313,6 +315,9 @@ model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
 
 `model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
 {reid_snippet}{sie_note}
+## Task details
+
+{task_details}
 ## Use it with ftclip
 
 ```
