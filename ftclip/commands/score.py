@@ -32,8 +32,8 @@ def run(args) -> int:
         raise FtclipError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise FtclipError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
-    inputs = collect_inputs(list(args.inputs))
     scorer = load_scorer(args.source).to(args.device)
+    inputs = collect_inputs(list(args.inputs))
     scores, bad = score_paths(scorer, inputs.paths, batch_size=args.batch_size, device=args.device)
     for path, reason in bad:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
