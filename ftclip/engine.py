@@ -10,6 +10,7 @@ from the previous stage's final weights.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import warnings
@@ -38,6 +39,26 @@ def _precision(cfg) -> str:
     if wants_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def _cpu_threads(cfg) -> int | None:
+    """Training on the CPU: intra-op threads = free cores - DataLoader workers (at least 1).
+
+    More intra-op threads than free cores make every small op wait at OpenMP barriers for a
+    descheduled thread: with 2 threads and 2 loader workers on 2 cores the demo's stage 2 ran
+    6-10x slower than with 1 thread (benchmarks/RESULTS.md). ``OMP_NUM_THREADS``, if set, wins.
+    Returns the thread count set, or None where nothing was changed (CUDA, or the variable set).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = int(getattr(getattr(cfg, "data", None), "num_workers", 0) or 0)
+    threads = max(1, cores - workers)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
 
 
 def _quiet_lightning() -> None:
@@ -175,6 +196,7 @@ def prepare(cfg):
 def fit(cfg, run: RunDir) -> dict:
     """Run every stage not yet completed in ``run``; returns metrics.json's content."""
     _quiet_lightning()
+    _cpu_threads(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")

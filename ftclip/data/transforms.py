@@ -84,9 +84,22 @@ def eval_transform(size: tuple[int, int], mean, std, *, interpolation: str = "bi
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed ``transform`` and give each of its steps its own stream derived from ``seed``.
+
+    albumentations 2.0.8's ``Compose.set_random_seed`` seeds every child with the *same*
+    seed, so their first draws are equal: flip and random erasing (both p=0.5) would fire
+    together on every image and the crop offset would follow the erasing box. Independent
+    per-step seeds (``SeedSequence([seed, step])``) keep each step's draws independent.
+    """
+    transform.set_random_seed(seed)
+    for step, child in enumerate(transform.transforms):
+        child.set_random_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
 def apply(transform: A.Compose, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
     """Run ``transform`` on an HWC uint8 image (re-seeded with ``seed`` if given) -> CHW float tensor."""
     if seed is not None:
-        transform.set_random_seed(int(seed))
+        seed_transform(transform, int(seed))
     out = transform(image=image)["image"]
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))

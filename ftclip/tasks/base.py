@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from ftclip.backbone import Backbone
@@ -66,6 +67,31 @@ class StagedModule(L.LightningModule):
             for module in self.frozen_modules():
                 module.eval()
         return self
+
+    # ------------------------------------------------------------------ speed (see benchmarks/RESULTS.md)
+    def setup(self, stage: str) -> None:
+        """Before every fit/validate: channels-last ResNet image towers on CUDA; ``trainer.compile``."""
+        trainer = getattr(self, "_trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        if device.type == "cuda" and isinstance(self.backbone.visual, ModifiedResNet):
+            self.backbone.visual.to(memory_format=torch.channels_last)  # conv weights only; same state dict keys
+        if bool(getattr(self.cfg.trainer, "compile", False)):
+            self.compile_towers()
+
+    def compile_towers(self) -> None:
+        """``torch.compile`` the backbone's image and text forward functions, for every stage.
+
+        The compiled functions shadow the bound methods on the backbone *instance*
+        (``reid_features``, ``encode_image``, ``encode_text_embeddings``); no submodule is
+        replaced or wrapped, so parameter names, state dicts, checkpoints and exports are
+        exactly those of an uncompiled run. Calling it twice does nothing.
+        """
+        backbone = self.backbone
+        if getattr(backbone, "_ftclip_compiled", False):
+            return
+        for name in ("reid_features", "encode_image", "encode_text_embeddings"):
+            object.__setattr__(backbone, name, torch.compile(getattr(backbone, name)))
+        object.__setattr__(backbone, "_ftclip_compiled", True)
 
     def configure_optimizers(self):
         stage = self.stage_cfg

@@ -39,6 +39,21 @@ class ReidImages(Dataset):
         return {"image": image, "pid": sample.pid, "camid": sample.camid, "index": index}
 
 
+class CachedSamples(Dataset):
+    """``data.device_cache``: (index, aug_seed) -> labels only; the module gathers and augments the image."""
+
+    def __init__(self, samples: list[ReidSample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        sample = self.samples[index]
+        return {"pid": sample.pid, "camid": sample.camid, "index": index, "seed": seed}
+
+
 class Indices(Dataset):
     def __init__(self, n: int):
         self.n = n
@@ -57,6 +72,7 @@ class ReidDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
         self.dataset: ReidDataset | None = None
+        self._image_cache: torch.Tensor | None = None  # data.device_cache: decoded uint8 training images
         self.stage_kind = "image"
         self.stage_batch_size = cfg.data.batch_size
         self.bad_images: list[tuple[str, str]] = []
@@ -144,10 +160,29 @@ class ReidDataModule(L.LightningDataModule):
                                          erasing_p=d.erasing_p, interpolation=self.interpolation)
         sampler = PKBatchSampler([s.pid for s in ds.train], self.stage_batch_size, int(d.num_instances),
                                  seed=seed, rank=rank, world_size=world)
+        if d.device_cache:  # the sampler still decides the batches; images come from train_image_cache()
+            return resumable_loader(self, CachedSamples(ds.train), batch_sampler=sampler, num_workers=0)
         workers = int(d.num_workers)  # resumable: a mid-epoch checkpoint resumes at its batch (ftclip/data/resume.py)
         return resumable_loader(self, ReidImages(ds.train, transform), batch_sampler=sampler, num_workers=workers,
                                 pin_memory=bool(d.pin_memory) and torch.cuda.is_available(),
                                 persistent_workers=workers > 0)
+
+    def train_image_cache(self) -> torch.Tensor:
+        """``data.device_cache``: every training image decoded and resized once, uint8 [N, 3, H, W] (CPU)."""
+        if self._image_cache is None or tuple(self._image_cache.shape[2:]) != tuple(self.size):
+            from ftclip.data.gpu_augment import build_uint8_cache
+
+            paths = [s.path for s in self.load().train]
+            self._image_cache = build_uint8_cache(paths, self.size, self.interpolation,
+                                                  workers=max(1, int(self.cfg.data.num_workers)))
+        return self._image_cache
+
+    def device_augment(self):
+        """The training augmentation of :meth:`train_dataloader`, batched with torch ops (any device)."""
+        from ftclip.data.gpu_augment import ReidDeviceAugment
+
+        d = self.cfg.data
+        return ReidDeviceAugment(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad, erasing_p=d.erasing_p)
 
     def cache_dataloader(self) -> DataLoader:
         ds = self.load()

@@ -90,6 +90,31 @@ class ReidModule(StagedModule):
             self.build_image_cache(self.trainer.datamodule.cache_dataloader())
         elif kind == "image":
             self.build_id_text_features()
+            if self.cfg.data.device_cache:
+                self._attach_image_cache(self.trainer.datamodule)
+
+    # ------------------------------------------------------------------ data.device_cache
+    def _attach_image_cache(self, datamodule) -> None:
+        """Put the decoded uint8 training images on the device (pinned CPU memory if they do not fit)."""
+        cache = datamodule.train_image_cache()
+        try:
+            self._train_images = cache.to(self.device, non_blocking=True)
+        except torch.cuda.OutOfMemoryError:
+            self._train_images = cache  # gather on the CPU, send uint8 batches
+        self._augment = datamodule.device_augment()
+
+    def on_fit_end(self) -> None:
+        self._train_images = None  # free the device memory before evaluation
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.device_cache``: a batch of indices becomes a batch of augmented images, on the device."""
+        images = getattr(self, "_train_images", None)
+        if images is not None and isinstance(batch, dict) and "seed" in batch and "image" not in batch:
+            index = batch["index"]
+            picked = images[index.to(images.device)].to(index.device, non_blocking=True)
+            generator = self._augment.generator(picked.device, int(batch["seed"][0]))
+            batch["image"] = self._augment(picked, generator=generator)
+        return batch
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
