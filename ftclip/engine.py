@@ -9,6 +9,7 @@ from the previous stage's final weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -263,7 +264,9 @@ def _load_weights(module, ckpt: Path | None) -> None:
 def load_module_from_run(run: RunDir):
     """The trained module of a run (final weights of its last completed stage) and its config.
 
-    Needs no data: the module's shape (``info``) is stored in every checkpoint.
+    Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
+    backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
+    holds all the weights.
     """
     cfg = run.load_config()
     ckpt = run.final_checkpoint()
@@ -273,7 +276,13 @@ def load_module_from_run(run: RunDir):
     info = state.get("ftclip", {}).get("info")
     if info is None:
         raise FtclipError(f"checkpoint {ckpt} was not written by ftclip (no 'ftclip' metadata)")
-    module = get_task(str(cfg.task)).build_module(cfg, info)
+    backbone = state["ftclip"].get("backbone", {})
+    build_cfg = copy.deepcopy(cfg)  # the run's own config stays as recorded
+    build_cfg.model.pretrained = None  # every weight comes from the checkpoint
+    for key in ("quick_gelu", "mean", "std", "interpolation"):
+        if backbone.get(key) is not None:
+            build_cfg.model[key] = backbone[key]
+    module = get_task(str(cfg.task)).build_module(build_cfg, info)
     module.on_load_checkpoint(state)
     module.load_state_dict(state["state_dict"], strict=True)
     return module.eval(), cfg

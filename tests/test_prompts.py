@@ -21,7 +21,7 @@ def test_id_prompt_shapes_and_frozen_template(backbone):
     prompts = IdPrompts(backbone, num_ids=5)
     assert prompts.ctx.shape == (5, 4, backbone.text_width)
     assert 0.01 < prompts.ctx.std().item() < 0.03  # N(0, 0.02)
-    emb, eot = prompts.embeddings(torch.tensor([0, 3, 3]))
+    emb, eot = prompts.embeddings(backbone, torch.tensor([0, 3, 3]))
     assert emb.shape == (3, 77, backbone.text_width)
     tokens = backbone.tokenize(["A photo of a X X X X person."])[0]
     assert int(eot[0]) == int(tokens.argmax())
@@ -32,6 +32,22 @@ def test_id_prompt_shapes_and_frozen_template(backbone):
     # no learnable state besides the context, and the template is not stored in checkpoints
     assert [n for n, _ in prompts.named_parameters()] == ["ctx"]
     assert list(prompts.state_dict()) == ["ctx"]
+
+
+def test_template_follows_weights_loaded_after_construction(backbone):
+    """Loading a checkpoint into the backbone after the prompts exist must change the template."""
+    prompts = IdPrompts(backbone, num_ids=2)
+    before = prompts.embeddings(backbone, torch.tensor([0]))[0].clone()
+    original = backbone.model.token_embedding.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            backbone.model.token_embedding.weight.add_(1.0)
+        after = prompts.embeddings(backbone, torch.tensor([0]))[0]
+        assert torch.allclose(after[0, :5], before[0, :5] + 1.0)
+        assert torch.equal(after[0, 5:9], before[0, 5:9])  # the learned context is untouched
+    finally:
+        with torch.no_grad():
+            backbone.model.token_embedding.weight.copy_(original)
 
 
 def test_id_prompt_features_depend_on_identity(backbone):

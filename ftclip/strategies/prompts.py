@@ -3,7 +3,8 @@
 ``IdPrompts`` is CLIP-ReID's stage-1 learner: the template "A photo of a X X X X person."
 has its N placeholder tokens replaced by N learnable vectors *per identity* (init
 N(0, 0.02)); the start token + "a photo of a" (prefix) and "person." + end token + padding
-(suffix) stay frozen token embeddings. The text feature is the text tower's output at the
+(suffix) are the backbone's token embeddings of the template, looked up at every call (no
+gradient), so they always match the weights loaded into the backbone. The text feature is the text tower's output at the
 end-of-text token, projected -- no normalisation, no logit scale.
 
 ``SharedPrompts`` is CoOp's shared context (one set of vectors for every class/prompt), used
@@ -48,33 +49,30 @@ class IdPrompts(nn.Module):
             raise ConfigError(f"prompt learning needs at least one identity, got num_ids={num_ids}")
         tokens, start, stop = _placeholder_span(backbone, template, placeholder)
         self.template = template
+        self.start, self.stop = start, stop
         self.num_tokens = stop - start
-        with torch.no_grad():
-            embedded = backbone.embed_tokens(tokens).detach()
-        # frozen template pieces: rebuilt from the backbone, not stored in checkpoints
+        # the template's token ids; their embeddings come from the backbone at call time
         self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("prefix", embedded[:, :start].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, stop:].clone(), persistent=False)
-        self.ctx = nn.Parameter(torch.empty(num_ids, self.num_tokens, embedded.shape[-1]))
+        self.ctx = nn.Parameter(torch.empty(num_ids, self.num_tokens, backbone.text_width))
         nn.init.normal_(self.ctx, std=init_std)
 
     @property
     def num_ids(self) -> int:
         return self.ctx.shape[0]
 
-    def embeddings(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embeddings(self, backbone: Backbone, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings [B, 77, width] and end-token positions [B] for identity ``labels``."""
         ctx = self.ctx[labels]
         batch = ctx.shape[0]
-        emb = torch.cat(
-            [self.prefix.expand(batch, -1, -1).to(ctx.dtype), ctx, self.suffix.expand(batch, -1, -1).to(ctx.dtype)],
-            dim=1,
-        )
+        with torch.no_grad():
+            template = backbone.embed_tokens(self.tokens).to(ctx.dtype)
+        prefix = template[:, :self.start].expand(batch, -1, -1)
+        suffix = template[:, self.stop:].expand(batch, -1, -1)
         eot = self.tokens.argmax(dim=-1).expand(batch)
-        return emb, eot
+        return torch.cat([prefix, ctx, suffix], dim=1), eot
 
     def text_features(self, backbone: Backbone, labels: torch.Tensor) -> torch.Tensor:
-        emb, eot = self.embeddings(labels)
+        emb, eot = self.embeddings(backbone, labels)
         return backbone.encode_text_embeddings(emb, eot)
 
 
@@ -90,17 +88,16 @@ class SharedPrompts(nn.Module):
         tokens = backbone.tokenize(prompts)
         if int(tokens.argmax(dim=-1).max()) >= tokens.shape[1] - 1 and tokens[:, -1].ne(0).any():
             raise ConfigError(f"prompts with {num_tokens} context tokens exceed the text length {tokens.shape[1]}")
-        with torch.no_grad():
-            embedded = backbone.embed_tokens(tokens).detach()
         self.texts = list(texts)
+        self.num_tokens = num_tokens
         self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, 1 + num_tokens:].clone(), persistent=False)
-        self.ctx = nn.Parameter(torch.empty(num_tokens, embedded.shape[-1]))
+        self.ctx = nn.Parameter(torch.empty(num_tokens, backbone.text_width))
         nn.init.normal_(self.ctx, std=init_std)
 
     def text_features(self, backbone: Backbone) -> torch.Tensor:
         n = self.tokens.shape[0]
         ctx = self.ctx.unsqueeze(0).expand(n, -1, -1)
-        emb = torch.cat([self.prefix.to(ctx.dtype), ctx, self.suffix.to(ctx.dtype)], dim=1)
+        with torch.no_grad():
+            template = backbone.embed_tokens(self.tokens).to(ctx.dtype)
+        emb = torch.cat([template[:, :1], ctx, template[:, 1 + self.num_tokens:]], dim=1)
         return backbone.encode_text_embeddings(emb, self.tokens.argmax(dim=-1))

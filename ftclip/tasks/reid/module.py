@@ -166,12 +166,6 @@ class ReidModule(StagedModule):
 
     @torch.no_grad()
     def export_text_features(self) -> dict[str, torch.Tensor]:
-        # The template's prefix/suffix buffers are not in checkpoints: they were embedded when the module
-        # was built, before the checkpoint's token embedding was loaded (differs for random-init models).
-        embedded = self.backbone.embed_tokens(self.prompts.tokens)
-        start = self.prompts.prefix.shape[1]
-        self.prompts.prefix = embedded[:, :start].clone()
-        self.prompts.suffix = embedded[:, start + self.prompts.num_tokens:].clone()
         self.build_id_text_features()
         return {"id_text_features": self.id_text_features.detach().float().cpu()}
 
