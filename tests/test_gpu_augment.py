@@ -102,12 +102,14 @@ def test_erasing_rate_and_box_distribution_match_pixel_erasing():
     assert abs(area.mean() - ref_area.mean()) / (h * w) < 0.006
 
 
-def test_per_pixel_mean_and_std_maps_match_albumentations():
+@pytest.mark.parametrize("sparse_noise", [True, False], ids=["sparse-noise(cpu)", "dense-noise(gpu)"])
+def test_per_pixel_mean_and_std_maps_match_albumentations(sparse_noise):
     h, w, pad, n = 32, 16, 4, 4000
     img = _image(h, w, seed=1)
     transform = reid_train_transform((h, w), MEAN, STD, flip_p=0.5, pad=pad, erasing_p=0.5)
     ref = torch.stack([apply(transform, img, seed) for seed in range(n)]).double()
     aug = ReidDeviceAugment((h, w), MEAN, STD, flip_p=0.5, pad=pad, erasing_p=0.5)
+    aug.sparse_noise = sparse_noise  # both ways of drawing the erased values (the GPU default is dense)
     ours = aug(_to_batch(img, n), generator=torch.Generator().manual_seed(7)).double()
     assert ours.shape == ref.shape and ours.dtype == ref.dtype
     m_ref, m_ours = ref.mean(0), ours.mean(0)

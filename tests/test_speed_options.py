@@ -107,3 +107,29 @@ def test_compile_shadows_methods_without_touching_the_module_tree(tiny_reid_root
     module.compile_towers()  # idempotent
     assert "reid_features" in vars(module.backbone) and "encode_text_embeddings" in vars(module.backbone)
     assert list(module.state_dict()) == keys and [n for n, _ in module.named_modules()] == names
+
+
+def test_vit_attention_runs_through_pytorch_sdpa(tiny_reid_root, tmp_path, monkeypatch):
+    """open_clip 3.3's blocks call nn.MultiheadAttention(need_weights=False), which runs
+    F.scaled_dot_product_attention (flash / memory-efficient kernels on CUDA): one call per block."""
+    import torch.nn.functional as F
+
+    from ftclip.engine import prepare
+
+    cfg = load_recipe(RECIPE, tiny_reid_overrides(tiny_reid_root, tmp_path / "run"))
+    module, _ = prepare(cfg)
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    module.train()
+    feats = module.backbone.reid_features(torch.randn(2, 3, *cfg.model.image_size))
+    (feats.proj.sum() + feats.last.sum()).backward()
+    assert len(calls) == len(module.backbone.visual.transformer.resblocks)
+    text = module.prompts.text_features(module.backbone, torch.tensor([0, 1]))
+    vision, text_blocks = module.backbone.visual.transformer.resblocks, module.backbone.model.transformer.resblocks
+    assert text.shape[0] == 2 and len(calls) == len(vision) + len(text_blocks)

@@ -97,6 +97,9 @@ class ReidDeviceAugment:
         self.erasing_scale = (float(erasing_scale[0]), float(erasing_scale[1]))
         self.erasing_ratio = (float(erasing_ratio[0]), float(erasing_ratio[1]))
         self._generators: dict[str, torch.Generator] = {}
+        # erased values: drawn only for the erased pixels (True), or one randn over the whole batch and a
+        # select (False, no host sync); None: sparse on the CPU, dense elsewhere. Same distribution.
+        self.sparse_noise: bool | None = None
 
     # ------------------------------------------------------------------ random parameters
     def generator(self, device: torch.device, seed: int) -> torch.Generator:
@@ -154,26 +157,35 @@ class ReidDeviceAugment:
         device = images.device
         p = params if params is not None else self.sample_params(batch, device, generator)
 
-        # flip, then zero-pad + crop: one gather with out-of-image positions set to 0 (the pad fill)
+        # flip, then zero-pad + crop: two gathers (rows, then columns) with positions that fall in the
+        # padding set to 0 (the pad fill), so they normalise to -mean/std as in albumentations
         rows = p["top"][:, None] + torch.arange(h, device=device) - self.pad  # [B, H] rows of the flipped image
         cols = p["left"][:, None] + torch.arange(w, device=device) - self.pad  # [B, W]
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # [B, H, W]
         cols = torch.where(p["flip"][:, None], w - 1 - cols, cols)
         rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-        b = torch.arange(batch, device=device)[:, None, None]
-        moved = images[b, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-        moved = moved.masked_fill(~inside[..., None], 0).permute(0, 3, 1, 2)
+        shape = (batch, channels, h, w)
+        moved = images.gather(2, rows[:, None, :, None].expand(shape))
+        moved = moved.gather(3, cols[:, None, None, :].expand(shape))
+        moved.masked_fill_(~inside[:, None], 0)
 
         mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, channels, 1, 1)
         std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, channels, 1, 1)
-        out = (moved.float() / 255.0 - mean) / std
+        out = moved.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
-        if self.erasing_p > 0 and bool(p["erase"].any()):
+        if self.erasing_p > 0:
             yy = torch.arange(h, device=device)[None, :]
             xx = torch.arange(w, device=device)[None, :]
             in_rows = (yy >= p["box_top"][:, None]) & (yy < (p["box_top"] + p["box_h"])[:, None])  # [B, H]
             in_cols = (xx >= p["box_left"][:, None]) & (xx < (p["box_left"] + p["box_w"])[:, None])  # [B, W]
             box = (in_rows[:, :, None] & in_cols[:, None, :] & p["erase"][:, None, None])[:, None]  # [B, 1, H, W]
-            noise = torch.randn(out.shape, device=device, dtype=out.dtype, generator=generator)
-            out = torch.where(box, noise, out)
+            sparse = self.sparse_noise if self.sparse_noise is not None else device.type == "cpu"
+            if sparse:  # draw only the erased values (CPU: a full-batch randn costs more than the rest)
+                count = channels * int((p["box_h"] * p["box_w"])[p["erase"]].sum())
+                if count:
+                    noise = torch.randn(count, device=device, dtype=out.dtype, generator=generator)
+                    out.masked_scatter_(box.expand(shape), noise)
+            else:  # one randn over the batch and no host sync (accelerators)
+                noise = torch.randn(shape, device=device, dtype=out.dtype, generator=generator)
+                out = torch.where(box, noise, out)
         return out.contiguous()
