@@ -55,18 +55,19 @@ def test_device_cache_batch_is_the_augmented_sampled_images(tiny_reid_root, tmp_
     ds = dm.load()
     assert batch["pid"].tolist() == [ds.train[i].pid for i in batch["index"].tolist()]
     module._attach_image_cache(dm)
-    out = module.on_after_batch_transfer(dict(batch), 0)
+    out = {"image": module.cached_batch_images(batch)}
     assert out["image"].shape == (8, 3, *cfg.model.image_size) and out["image"].dtype == torch.float32
     # with no augmentation at all, the batch is the normalised cached images of the sampled indices
     dm.cfg.data.flip_p, dm.cfg.data.pad, dm.cfg.data.erasing_p = 0.0, 0, 0.0
     module._augment = dm.device_augment()
-    plain = module.on_after_batch_transfer(dict(batch), 0)["image"]
+    plain = module.cached_batch_images(batch)
     cache = dm.train_image_cache()[batch["index"]].float() / 255.0
     mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
     std = torch.tensor(dm.std).view(1, 3, 1, 1)
     torch.testing.assert_close(plain, (cache - mean) / std)
     module.on_fit_end()
-    assert module.on_after_batch_transfer(dict(batch), 0).get("image") is None  # cache released
+    with pytest.raises(RuntimeError, match="not attached"):  # cache released
+        module.cached_batch_images(batch)
 
 
 def test_cpu_threads_leave_loader_workers_their_cores(monkeypatch):

@@ -106,15 +106,15 @@ class ReidModule(StagedModule):
     def on_fit_end(self) -> None:
         self._train_images = None  # free the device memory before evaluation
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """``data.device_cache``: a batch of indices becomes a batch of augmented images, on the device."""
+    def cached_batch_images(self, batch) -> torch.Tensor:
+        """``data.device_cache``: the augmented images of a batch of indices, made on the device."""
         images = getattr(self, "_train_images", None)
-        if images is not None and isinstance(batch, dict) and "seed" in batch and "image" not in batch:
-            index = batch["index"]
-            picked = images[index.to(images.device)].to(index.device, non_blocking=True)
-            generator = self._augment.generator(picked.device, int(batch["seed"][0]))
-            batch["image"] = self._augment(picked, generator=generator)
-        return batch
+        if images is None:
+            raise RuntimeError("data.device_cache: the training image cache is not attached (on_fit_start)")
+        index = batch["index"]
+        picked = images[index.to(images.device)].to(index.device, non_blocking=True)
+        generator = self._augment.generator(picked.device, int(batch["seed"][0]))
+        return self._augment(picked, generator=generator)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -137,7 +137,8 @@ class ReidModule(StagedModule):
         return loss, {"supcon": loss.detach()}
 
     def _image_step(self, batch):
-        images, pids = batch["image"], batch["pid"]
+        images = batch["image"] if "image" in batch else self.cached_batch_images(batch)
+        pids = batch["pid"]
         feats = self.features(images, batch["camid"])
         _, logits = self.head.neck(feats.final)
         _, logits_proj = self.head.neck_proj(feats.proj)
