@@ -89,7 +89,7 @@ class ReidDataModule(L.LightningDataModule):
             from ftclip.data.synthetic import write_synthetic_reid
 
             print(f"writing the synthetic re-ID set to {data.root} (data.synthetic=true)", flush=True)
-            write_synthetic_reid(data.root, seed=int(self.cfg.seed))
+            write_synthetic_reid(data.root, num_ids=int(data.synthetic_ids), seed=int(self.cfg.seed))
         dataset = load_reid_dataset(data.format, data.root, csv_path=data.csv)
         if data.check_images:
             every = dataset.train + dataset.query + dataset.gallery

@@ -16,6 +16,7 @@ class ReidDataConfig:
     root: str = MISSING
     csv: Optional[str] = None  # format=csv: the list file (path,pid,camid,split); default <root>/reid.csv
     synthetic: bool = False  # write ftclip's synthetic Market-1501-layout set to root first if it is missing
+    synthetic_ids: int = 40  # identities per split (train and test) of that synthetic set
     batch_size: int = 64  # per device; stage 2: P identities x K images
     num_instances: int = 4  # K
     num_workers: int = 4
