@@ -61,6 +61,19 @@ class RunDir:
             raise FtclipError(f"run directory {path} is not writable")
         return run
 
+    def discard_if_unused(self) -> bool:
+        """Remove a run directory that holds nothing but its ``config.yaml`` (a run that failed on
+        bad input before any work); return whether it was removed."""
+        if not self.path.is_dir():
+            return False
+        files = [p for p in self.path.rglob("*") if p.is_file()]
+        if any(p != self.config_path for p in files):
+            return False
+        import shutil
+
+        shutil.rmtree(self.path)
+        return True
+
     def load_config(self):
         return load_saved_config(self.config_path)
 

@@ -28,7 +28,10 @@ ParamGroups = dict[str, list[tuple[str, nn.Parameter]]]
 
 
 def freeze_for_stage(groups: ParamGroups, train: list[str], stage: str) -> list[tuple[str, nn.Parameter]]:
-    """Freeze every parameter, unfreeze the named groups; return the trainable (name, param) list."""
+    """Freeze every parameter, unfreeze the named groups; return the trainable (name, param) list.
+
+    (Modules left without a trainable parameter are put in eval mode by ``StagedModule.train``.)
+    """
     unknown = [g for g in train if g not in groups]
     if unknown:
         raise ConfigError(

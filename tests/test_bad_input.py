@@ -47,6 +47,7 @@ def test_missing_data_root(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     err = fit_error(capsys, RECIPE, *overrides(missing, tmp_path))
     assert str(missing) in err and "does not exist" in err and "data.root" in err
+    assert not (tmp_path / "run").exists()  # nothing half-made is left behind
 
 
 def test_layout_matching_no_format(tmp_path, capsys):

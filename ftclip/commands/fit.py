@@ -25,6 +25,7 @@ def run(args) -> int:
     from ftclip.engine import fit
     from ftclip.rundir import RunDir
 
+    created = False
     if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or args.resume):
         # a DDP worker (started by Lightning re-running this command, or a resume under torchrun/SLURM)
         run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or args.resume)
@@ -48,10 +49,15 @@ def run(args) -> int:
             raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
         cfg = load_recipe(args.recipe, list(args.overrides))
         run_dir = RunDir.create(cfg)
+        created = True
     saved = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.path)  # inherited by the DDP workers Lightning launches
     try:
         metrics = fit(cfg, run_dir)
+    except FtclipError:
+        if created:  # bad input found before any work: leave nothing half-made behind
+            run_dir.discard_if_unused()
+        raise
     finally:
         if saved is None:
             os.environ.pop(RUN_DIR_ENV, None)
