@@ -185,26 +185,12 @@ class Backbone(nn.Module):
     def from_config(cls, cfg) -> "Backbone":
         """Build from a ``ModelConfig`` (see ftclip/config.py)."""
         name = str(cfg.name)
-        _known_model(name)
+        weights, tag_cfg = check_model_config(cfg)
         height, width = (int(s) for s in cfg.image_size)
-        weights: Path | None = None
-        tag_cfg: dict = {}
-        if cfg.pretrained:
-            candidate = Path(str(cfg.pretrained)).expanduser()
-            if candidate.suffix in (".pt", ".pth", ".bin", ".safetensors") or candidate.exists():
-                weights = candidate
-            else:
-                weights, tag_cfg = _tag_weights(name, str(cfg.pretrained), cfg.cache_dir, bool(cfg.download))
         model_cfg = open_clip.get_model_config(name) or {}
         quick_gelu = cfg.quick_gelu
         if quick_gelu is None:
             quick_gelu = bool(tag_cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
-        vision_is_resnet = isinstance(model_cfg.get("vision_cfg", {}).get("layers"), (list, tuple))
-        if vision_is_resnet and height != width:
-            raise ConfigError(
-                f"model.image_size {[height, width]}: open_clip's ResNet towers ({name}) take square images only; "
-                "use e.g. model.image_size=[224,224] or a ViT model"
-            )
         image_size = (height, width) if height != width else height
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -215,7 +201,6 @@ class Backbone(nn.Module):
                 )
             finally:
                 logging.disable(logging.NOTSET)
-        _check_patch_fit(model.visual, (height, width), name)
         if weights is not None:
             load_weights(model, weights)
         mean = tuple(cfg.mean) if cfg.mean else tuple(tag_cfg.get("mean", OPENAI_DATASET_MEAN))
@@ -330,24 +315,47 @@ class Backbone(nn.Module):
         }
 
 
+def check_model_config(cfg) -> tuple[Path | None, dict]:
+    """Cheap checks of a ``ModelConfig``, run before any data is read: the model name exists,
+    the weights are at hand (file, or tag in the local cache), the image size fits the tower.
+
+    Returns the weight file (or None) and the pretrained tag's open_clip config (or {}).
+    """
+    name = str(cfg.name)
+    _known_model(name)
+    height, width = (int(s) for s in cfg.image_size)
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    if isinstance(vision.get("layers"), (list, tuple)):
+        if height != width:
+            raise ConfigError(
+                f"model.image_size {[height, width]}: open_clip's ResNet towers ({name}) take square images only; "
+                "use e.g. model.image_size=[224,224] or a ViT model"
+            )
+        if height % 32:
+            raise ConfigError(f"model.image_size {[height, width]}: {name} needs a multiple of 32")
+    elif vision.get("patch_size"):
+        ph, pw = (vision["patch_size"],) * 2 if isinstance(vision["patch_size"], int) else vision["patch_size"]
+        if height % ph or width % pw:
+            raise ConfigError(
+                f"model.image_size {[height, width]} is not a multiple of {name}'s patch size {ph}x{pw}; "
+                f"use e.g. [{height // ph * ph}, {width // pw * pw}]"
+            )
+    if not cfg.pretrained:
+        return None, {}
+    candidate = Path(str(cfg.pretrained)).expanduser()
+    if candidate.suffix in (".pt", ".pth", ".bin", ".safetensors") or candidate.exists():
+        if not candidate.is_file():
+            raise FtclipError(f"model.pretrained: file {candidate} does not exist")
+        return candidate, {}
+    return _tag_weights(name, str(cfg.pretrained), cfg.cache_dir, bool(cfg.download))
+
+
 def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled():
         from torch.utils.checkpoint import checkpoint
 
         return checkpoint(block, x, use_reentrant=False)
     return block(x)
-
-
-def _check_patch_fit(visual: nn.Module, size: tuple[int, int], name: str) -> None:
-    if isinstance(visual, VisionTransformer):
-        ph, pw = visual.patch_size
-        if size[0] % ph or size[1] % pw:
-            raise ConfigError(
-                f"model.image_size {list(size)} is not a multiple of {name}'s patch size {ph}x{pw}; "
-                f"use e.g. [{size[0] // ph * ph}, {size[1] // pw * pw}]"
-            )
-    elif isinstance(visual, ModifiedResNet) and size[0] % 32:
-        raise ConfigError(f"model.image_size {list(size)}: {name} needs a multiple of 32")
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

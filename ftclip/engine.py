@@ -24,6 +24,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from ftclip.backbone import check_model_config
 from ftclip.errors import ConfigError, FtclipError
 from ftclip.io import AtomicCheckpointIO
 from ftclip.plots import plot_stage_losses
@@ -184,8 +185,10 @@ def check_stages(cfg, module) -> None:
 
 
 def prepare(cfg):
-    """Data first (cheap, catches bad input), then the model."""
+    """Cheapest checks first: the model config and its weights, then the data (parsed and
+    decoded once), then the model is built."""
     task = get_task(str(cfg.task))
+    check_model_config(cfg.model)
     datamodule = task.build_datamodule(cfg)
     print(datamodule.summary(), flush=True)
     module = task.build_module(cfg, datamodule.info)
