@@ -49,6 +49,8 @@ def _cpu_threads(cfg) -> int | None:
     More intra-op threads than free cores make every small op wait at OpenMP barriers for a
     descheduled thread: with 2 threads and 2 loader workers on 2 cores the demo's stage 2 ran
     6-10x slower than with 1 thread (benchmarks/RESULTS.md). ``OMP_NUM_THREADS``, if set, wins.
+    Always set (never inherited from earlier work in the process): float reductions depend on
+    the thread count, so a resumed or repeated run is bit-identical only with the same count.
     Returns the thread count set, or None where nothing was changed (CUDA, or the variable set).
     """
     if os.environ.get("OMP_NUM_THREADS"):
@@ -58,8 +60,7 @@ def _cpu_threads(cfg) -> int | None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = int(getattr(getattr(cfg, "data", None), "num_workers", 0) or 0)
     threads = max(1, cores - workers)
-    if threads < torch.get_num_threads():
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     return threads
 
 
