@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ids", type=int, default=200, help="training identities of the synthetic set")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the main process (the cache path runs there)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/ftclip_data_bench"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "data_throughput.json")
     args = parser.parse_args(argv)
@@ -149,6 +151,8 @@ def cache_path(ds, size, batch: int, epochs: int, device: torch.device) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "benchmarks/data_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
         "device": device_name(device),
         "cpu_cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "batch": args.batch,
@@ -177,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m_at_end": os.getloadavg()[0],
         "results": rows,
     }
-    print(f"stage-2 input on {report['device']} ({report['cpu_cores']} CPU cores), torch {torch.__version__}, "
-          f"batch {args.batch}")
+    print(f"stage-2 input on {report['device']}, {report['torch_threads']} torch threads in the main process, "
+          f"torch {torch.__version__}, batch {args.batch}")
     header = f"{'path':<6} {'size':>8} {'workers':>8} {'images/s':>10}  notes"
     print(header)
     print("-" * len(header))
