@@ -183,6 +183,13 @@ def check_stages(cfg, module) -> None:
             available = ", ".join(sorted(k for k, v in groups.items() if v))
             hint = " (image.lora / text.lora need strategies.lora.enabled=true)" if any("lora" in g for g in unknown) else ""
             raise ConfigError(f"stages.{name}.train names unknown group(s) {unknown}; available: {available}{hint}")
+    lora_groups = [g for g in groups if g.endswith(".lora") and groups[g]]
+    if lora_groups and not any(g in lora_groups for stage in cfg.stages.values() for g in stage.train):
+        raise ConfigError(
+            f"strategies.lora.enabled=true but no stage trains {' or '.join(lora_groups)}: the adapters would stay "
+            f"zero. Name them in a stage (e.g. stages.{next(iter(cfg.stages))}.train=[{lora_groups[0]},...] with a "
+            "LoRA-sized lr such as 2e-4, see docs/lora.md) or set strategies.lora.enabled=false"
+        )
 
 
 def prepare(cfg):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ftclip.backbone import Backbone, load_weights, resize_grid_embedding
+from ftclip.backbone import Backbone, resize_grid_embedding
 from ftclip.config import ModelConfig
 from ftclip.errors import ConfigError, FtclipError
 

@@ -179,3 +179,12 @@ def test_iqa_lora_demo_learns(tmp_path, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     before, after = metrics["initial"]["synthetic/srcc"], metrics["qualiclip"]["synthetic/srcc"]
     assert after > 0.15 and after > before + 0.15, metrics  # measured: -0.008 -> 0.261
+
+
+def test_lora_enabled_but_never_trained_is_a_config_error(tiny_reid_root, tmp_path, capsys):
+    overrides = tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"strategies.lora.enabled": "true",
+                                                                         "data.check_images": "false"})
+    assert main(["fit", RECIPE, *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "no stage trains image.lora" in err and "strategies.lora.enabled=false" in err
+    assert not (tmp_path / "run").exists()

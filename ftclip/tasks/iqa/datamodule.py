@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from ftclip.data.degradations import DEGRADATION_KINDS, MAX_LEVELS, degrade_levels
 from ftclip.data.images import check_images, read_image
 from ftclip.data.iqa import IqaSample, iqa_summary, list_images, load_iqa_dataset
+from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import ShardSampler
 from ftclip.data.transforms import _INTERPOLATION, apply, eval_transform
 from ftclip.errors import ConfigError, DataError
@@ -150,18 +150,13 @@ def mos_train_transform(size, mean, std, flip_p: float, interpolation: str = "bi
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 
-class IqaDataModule(L.LightningDataModule):
+class IqaDataModule(StagedDataModule):
     def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
-        super().__init__()
-        self.cfg = cfg
-        self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
-        self.stage_kind = "qualiclip"
-        self.stage_batch_size = int(cfg.data.batch_size)
+        super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="qualiclip")
         self.unlabeled: list[str] = []
         self.labeled: list[IqaSample] = []
         self.labeled_format: str | None = None
         self.eval_sets: list[EvalSet] = []
-        self.bad_images: list[tuple[str, str]] = []
         self._loaded = False
 
     # ------------------------------------------------------------------ parsing
@@ -289,10 +284,6 @@ class IqaDataModule(L.LightningDataModule):
             return None
         return (min(values), max(values))  # csv: the training set's own range
 
-    def set_preprocess(self, preprocess) -> None:
-        self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
-        self.interpolation = preprocess.interpolation
-
     def summary(self) -> str:
         self.load()
         lines = []
@@ -310,22 +301,7 @@ class IqaDataModule(L.LightningDataModule):
             lines.append("no eval sets (eval.sets is empty): no SRCC/PLCC will be recorded")
         return "\n".join(lines)
 
-    # ------------------------------------------------------------------ stages
-    def set_stage(self, kind: str, batch_size: int | None) -> None:
-        self.stage_kind = kind
-        self.stage_batch_size = int(batch_size or self.cfg.data.batch_size)
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
-    def _loader(self, dataset, **kwargs) -> DataLoader:
-        workers = int(self.cfg.data.num_workers)
-        return DataLoader(dataset, num_workers=workers, pin_memory=bool(self.cfg.data.pin_memory)
-                          and torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
-
+    # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
         self.load()
         rank, world = self._rank()
@@ -339,8 +315,8 @@ class IqaDataModule(L.LightningDataModule):
             dataset = MosImages(self.labeled, transform, self.mos_range())
         sampler = ShardSampler(len(dataset), shuffle=True, seed=int(self.cfg.seed), rank=rank, world_size=world,
                                pad=True)
-        return self._loader(dataset, sampler=sampler, batch_size=self.stage_batch_size,
-                            drop_last=len(dataset) // world > self.stage_batch_size)
+        return self.train_loader(dataset, sampler=sampler, batch_size=self.stage_batch_size,
+                                 drop_last=len(dataset) // world > self.stage_batch_size)
 
     def eval_samples(self) -> list[tuple[str, IqaSample]]:
         self.load()
@@ -351,5 +327,5 @@ class IqaDataModule(L.LightningDataModule):
         transform = eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
         samples = [s for _, s in self.eval_samples()]
         sampler = ShardSampler(len(samples), shuffle=False, rank=rank, world_size=world, pad=False)
-        return self._loader(MosImages(samples, transform, None), sampler=sampler,
+        return self.eval_loader(MosImages(samples, transform, None), sampler=sampler,
                             batch_size=int(self.cfg.eval.batch_size))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ftclip.data.images import check_images, read_image
+from ftclip.data.module import StagedDataModule
 from ftclip.data.reid import ReidDataset, ReidSample, load_reid_dataset
-from ftclip.data.resume import resumable_loader
 from ftclip.data.samplers import PKBatchSampler, ShardSampler
 from ftclip.data.transforms import apply, eval_transform, reid_train_transform
 from ftclip.errors import ConfigError, FtclipError
@@ -66,16 +65,11 @@ class Indices(Dataset):
         return {"index": index}
 
 
-class ReidDataModule(L.LightningDataModule):
+class ReidDataModule(StagedDataModule):
     def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
-        super().__init__()
-        self.cfg = cfg
-        self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
+        super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="image")
         self.dataset: ReidDataset | None = None
         self._image_cache: torch.Tensor | None = None  # data.device_cache: decoded uint8 training images
-        self.stage_kind = "image"
-        self.stage_batch_size = cfg.data.batch_size
-        self.bad_images: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ parsing
     def load(self) -> ReidDataset:
@@ -126,46 +120,22 @@ class ReidDataModule(L.LightningDataModule):
         return {"num_ids": ds.num_train_pids, "num_cameras": ds.num_cameras,
                 "vehicle": self.cfg.data.format == "veri776" or ds.name == "veri776"}
 
-    def set_preprocess(self, preprocess) -> None:
-        """Use the backbone's resolved input size, mean/std and interpolation."""
-        self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
-        self.interpolation = preprocess.interpolation
-
-    # ------------------------------------------------------------------ stages
-    def set_stage(self, kind: str, batch_size: int | None) -> None:
-        self.stage_kind = kind
-        self.stage_batch_size = int(batch_size or self.cfg.data.batch_size)
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
-    def _loader(self, dataset, **kwargs) -> DataLoader:
-        workers = int(self.cfg.data.num_workers)
-        return DataLoader(dataset, num_workers=workers, pin_memory=bool(self.cfg.data.pin_memory)
-                          and torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
-
     def train_dataloader(self) -> DataLoader:
         ds = self.load()
         rank, world = self._rank()
         seed = int(self.cfg.seed)
         if self.stage_kind == "prompts":
             sampler = ShardSampler(len(ds.train), shuffle=True, seed=seed, rank=rank, world_size=world, pad=True)
-            return resumable_loader(self, Indices(len(ds.train)), sampler=sampler, batch_size=self.stage_batch_size,
-                                    drop_last=False)
+            return self.train_loader(Indices(len(ds.train)), workers=0, sampler=sampler,
+                                     batch_size=self.stage_batch_size)
         d = self.cfg.data
         transform = reid_train_transform(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad,
                                          erasing_p=d.erasing_p, interpolation=self.interpolation)
         sampler = PKBatchSampler([s.pid for s in ds.train], self.stage_batch_size, int(d.num_instances),
                                  seed=seed, rank=rank, world_size=world)
         if d.device_cache:  # the sampler still decides the batches; images come from train_image_cache()
-            return resumable_loader(self, CachedSamples(ds.train), batch_sampler=sampler, num_workers=0)
-        workers = int(d.num_workers)  # resumable: a mid-epoch checkpoint resumes at its batch (ftclip/data/resume.py)
-        return resumable_loader(self, ReidImages(ds.train, transform), batch_sampler=sampler, num_workers=workers,
-                                pin_memory=bool(d.pin_memory) and torch.cuda.is_available(),
-                                persistent_workers=workers > 0)
+            return self.train_loader(CachedSamples(ds.train), workers=0, batch_sampler=sampler)
+        return self.train_loader(ReidImages(ds.train, transform), batch_sampler=sampler)
 
     def train_image_cache(self) -> torch.Tensor:
         """``data.device_cache``: every training image decoded and resized once, uint8 [N, 3, H, W] (CPU)."""
@@ -187,7 +157,7 @@ class ReidDataModule(L.LightningDataModule):
     def cache_dataloader(self) -> DataLoader:
         ds = self.load()
         transform = eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
-        return self._loader(ReidImages(ds.train, transform), batch_size=int(self.cfg.eval.batch_size),
+        return self.eval_loader(ReidImages(ds.train, transform), batch_size=int(self.cfg.eval.batch_size),
                             shuffle=False)
 
     def eval_samples(self) -> list[ReidSample]:
@@ -199,7 +169,7 @@ class ReidDataModule(L.LightningDataModule):
         transform = eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
         samples = self.eval_samples()
         sampler = ShardSampler(len(samples), shuffle=False, rank=rank, world_size=world, pad=False)
-        return self._loader(ReidImages(samples, transform), sampler=sampler, batch_size=int(self.cfg.eval.batch_size))
+        return self.eval_loader(ReidImages(samples, transform), sampler=sampler, batch_size=int(self.cfg.eval.batch_size))
 
     def summary(self) -> str:
         return self.load().summary()

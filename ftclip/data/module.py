@@ -1,0 +1,51 @@
+"""What every task's LightningDataModule shares: stage switching, rank, loaders, preprocessing.
+
+A task's datamodule subclasses :class:`StagedDataModule`, parses its data in ``load()`` and
+builds its loaders with :meth:`eval_loader` (query/gallery/eval sets, sharded by the sampler it
+passes) and :meth:`train_loader` (resumable mid-epoch: the sampler position is saved in every
+checkpoint, see ftclip/data/resume.py).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ftclip.data.resume import ResumableDataLoader, resumable_loader
+
+
+class StagedDataModule(L.LightningDataModule):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str, stage_kind: str):
+        super().__init__()
+        self.cfg = cfg
+        self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
+        self.stage_kind = stage_kind
+        self.stage_batch_size = int(cfg.data.batch_size)
+        self.bad_images: list[tuple[str, str]] = []
+
+    def set_preprocess(self, preprocess) -> None:
+        """Use the backbone's resolved input size, mean/std and interpolation."""
+        self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
+        self.interpolation = preprocess.interpolation
+
+    def set_stage(self, kind: str, batch_size: int | None) -> None:
+        self.stage_kind = kind
+        self.stage_batch_size = int(batch_size or self.cfg.data.batch_size)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _worker_kwargs(self, workers: int | None = None) -> dict:
+        workers = int(self.cfg.data.num_workers if workers is None else workers)
+        return {"num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": bool(self.cfg.data.pin_memory) and torch.cuda.is_available()}
+
+    def eval_loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(dataset, **self._worker_kwargs(), **kwargs)
+
+    def train_loader(self, dataset, *, workers: int | None = None, **kwargs) -> ResumableDataLoader:
+        return resumable_loader(self, dataset, **self._worker_kwargs(workers), **kwargs)
