@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import albumentations as A
-import numpy as np
 import torch
 
 from ftclip.data.images import read_image
