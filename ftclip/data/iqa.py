@@ -18,7 +18,6 @@ scale, higher = better). Layouts:
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import statistics
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftclip.data.images import IMAGE_EXTENSIONS
+from ftclip.data.tables import read_table
 from ftclip.errors import ConfigError, DataError
 
 __all__ = ["IqaSample", "IQA_FORMATS", "load_iqa_dataset", "list_images", "iqa_summary", "detect_iqa_format"]
@@ -82,25 +82,6 @@ def _parse_mos(text: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _read_table(path: Path, required: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV with their line numbers; DataError naming missing columns."""
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as err:
-        raise DataError(f"{path} cannot be opened ({err})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(
-                f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'}): "
-                f"its first line must name the columns {', '.join(required)}"
-            )
-        reader.fieldnames = header
-        return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}) for row in reader]
 
 
 def _images_dir(root: Path, images_dir: str | Path | None, defaults: Iterable[str], fmt: str) -> Path:
@@ -163,7 +144,7 @@ def _load_koniq(root: Path, split: str | None, images_dir: str | Path | None) ->
         )
     folder = _images_dir(root, images_dir, _KONIQ_IMAGE_DIRS, "koniq10k")
     samples = []
-    for line, row in _read_table(table, required):
+    for line, row in read_table(table, required):
         if wanted and row["set"].lower() != wanted:
             continue
         mos = _parse_mos(row["MOS"])
@@ -214,7 +195,7 @@ def _load_kadid(root: Path, images_dir: str | Path | None) -> list[IqaSample]:
         raise DataError(f"kadid10k score file {table} not found: pass the folder that holds dmos.csv and images/")
     folder = _images_dir(root, images_dir, ("images",), "kadid10k")
     samples = []
-    for line, row in _read_table(table, ["dist_img", "dmos"]):
+    for line, row in read_table(table, ["dist_img", "dmos"]):
         mos = _parse_mos(row["dmos"])
         if mos is None:
             raise _mos_error(table, f"line {line}", row["dmos"])
@@ -280,7 +261,7 @@ def _load_livec(root: Path, images_dir: str | Path | None) -> list[IqaSample]:
 
 
 def _load_csv(csv_file: Path, split: str | None) -> list[IqaSample]:
-    rows = _read_table(csv_file, ["path", "mos"])
+    rows = read_table(csv_file, ["path", "mos"])
     if split is not None and rows and "split" not in rows[0][1]:
         raise DataError(f"IQA CSV {csv_file} has no split column, so split={split!r} cannot be selected")
     base = csv_file.parent

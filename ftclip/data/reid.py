@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftclip.data.images import IMAGE_EXTENSIONS
+from ftclip.data.tables import read_table
 from ftclip.errors import ConfigError, DataError
 
 __all__ = ["ReidSample", "ReidDataset", "REID_FORMATS", "load_reid_dataset", "detect_reid_format"]
@@ -343,40 +344,25 @@ def _load_csv(csv_file: Path) -> tuple[list[ReidSample], list[ReidSample], list[
     splits: dict[str, list[ReidSample]] = {s: [] for s in _CSV_SPLITS}
     errors: list[str] = []
     base = csv_file.parent
-    try:
-        fh = open(csv_file, newline="", encoding="utf-8-sig")
-    except OSError as err:
-        raise DataError(f"re-id CSV {csv_file} cannot be opened ({err})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in _CSV_COLUMNS if c not in header]
-        if missing:
-            raise DataError(
-                f"re-id CSV {csv_file} lacks column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'}): "
-                f"the first line must name the columns {','.join(_CSV_COLUMNS)}"
-            )
-        reader.fieldnames = header
-        for row in reader:
-            line = reader.line_num
-            path, pid, camid, split = (str(row.get(c) or "").strip() for c in _CSV_COLUMNS)
-            pid_i, cam_i = _as_int(pid), _as_int(camid)
-            if pid_i is None:
-                errors.append(f"line {line}: pid {pid!r} is not an integer")
-            elif cam_i is None:
-                errors.append(f"line {line}: camid {camid!r} is not an integer")
-            elif not path:
-                errors.append(f"line {line}: empty path")
-            elif split.lower() not in _CSV_SPLITS:
-                errors.append(f"line {line}: split {split!r} must be one of {', '.join(_CSV_SPLITS)}")
-            elif cam_i < 0:
-                errors.append(f"line {line}: camid {cam_i} must be 0 or more (zero-based)")
-            elif pid_i < -1:
-                errors.append(f"line {line}: pid {pid_i} must be 0 or more (or -1 for junk)")
-            else:
-                full = Path(path).expanduser()
-                full = full if full.is_absolute() else base / full
-                splits[split.lower()].append(ReidSample(os.path.normpath(full), pid_i, cam_i))
+    for line, row in read_table(csv_file, _CSV_COLUMNS, "re-id CSV"):
+        path, pid, camid, split = (row.get(c, "") for c in _CSV_COLUMNS)
+        pid_i, cam_i = _as_int(pid), _as_int(camid)
+        if pid_i is None:
+            errors.append(f"line {line}: pid {pid!r} is not an integer")
+        elif cam_i is None:
+            errors.append(f"line {line}: camid {camid!r} is not an integer")
+        elif not path:
+            errors.append(f"line {line}: empty path")
+        elif split.lower() not in _CSV_SPLITS:
+            errors.append(f"line {line}: split {split!r} must be one of {', '.join(_CSV_SPLITS)}")
+        elif cam_i < 0:
+            errors.append(f"line {line}: camid {cam_i} must be 0 or more (zero-based)")
+        elif pid_i < -1:
+            errors.append(f"line {line}: pid {pid_i} must be 0 or more (or -1 for junk)")
+        else:
+            full = Path(path).expanduser()
+            full = full if full.is_absolute() else base / full
+            splits[split.lower()].append(ReidSample(os.path.normpath(full), pid_i, cam_i))
     if errors:
         raise DataError(f"re-id CSV {csv_file} has {len(errors)} bad rows: {'; '.join(errors[:_SHOW])}")
     _check_missing((s.path for split in splits.values() for s in split), f"re-id CSV {csv_file}")
