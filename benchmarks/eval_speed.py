@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import device_name, sync
 
 from ftclip.metrics.reid import evaluate_reid
 
@@ -82,9 +82,6 @@ def _first_queries(args: list, n: int) -> list:
     return [qf[:n], gf, qp[:n], gp, qc[:n], gc]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_ours(split: dict, device: torch.device, repeat: int) -> tuple[float, float, dict]:
@@ -137,15 +134,6 @@ def run_size(name: str, device: torch.device, repeat: int, ref_queries: int | No
     }
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

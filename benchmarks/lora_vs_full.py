@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import device_name
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("full", "lora")
@@ -75,17 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                return f"{cpu} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
 
 
 def current_rss() -> int:

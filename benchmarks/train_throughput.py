@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from common import device_name, sync
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -82,22 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return (f"{line.split(':', 1)[1].strip()} ({len(os.sched_getaffinity(0))} cores available, "
-                        f"{torch.get_num_threads()} torch threads)")
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def pk_labels(batch: int, num_ids: int, device: torch.device) -> torch.Tensor:
