@@ -124,6 +124,7 @@ def verify_checkpoint(path: Path) -> Path:
 
 def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) -> L.Trainer:
     """A Trainer for one stage (``stage_cfg`` given) or for evaluation only."""
+    _quiet_lightning()
     t = cfg.trainer
     kwargs = dict(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,

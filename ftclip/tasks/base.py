@@ -7,6 +7,8 @@ stage kind. The engine calls :meth:`set_stage` before each stage's ``Trainer.fit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from open_clip.modified_resnet import ModifiedResNet
@@ -129,13 +131,20 @@ class StagedModule(L.LightningModule):
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop at the first non-finite loss, naming the step; the last checkpoint stays intact."""
-        if not torch.isfinite(loss).all():
-            raise FtclipError(
-                f"stage '{self.stage_name}': the loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}; training stopped and the last good checkpoint in "
-                f"checkpoints/{self.stage_name}/ was kept. Lower stages.{self.stage_name}.optimizer.lr or check "
-                "the data, then resume with `ftclip fit --resume RUN_DIR`"
-            )
+        if torch.isfinite(loss).all():
+            return
+        callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+        if last is not None and last.is_file():
+            kept = f"the last good checkpoint {last} was kept"
+        else:
+            kept = ("no checkpoint of this stage was written yet (trainer.ckpt_every_n_steps keeps step "
+                    "checkpoints), so a resume restarts the stage")
+        raise FtclipError(
+            f"stage '{self.stage_name}': the loss became {loss.item()} at epoch {self.current_epoch}, "
+            f"step {self.global_step}; training stopped and {kept}. Lower stages.{self.stage_name}.optimizer.lr "
+            "in RUN_DIR/config.yaml (or check the data), then `ftclip fit --resume RUN_DIR`"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ftclip"] = {"stage": self.stage_name, "backbone": self.backbone.metadata(), "info": self.info}
