@@ -4,8 +4,8 @@ Each loader returns a list of :class:`IqaSample` (absolute path, MOS in the data
 scale, higher = better). Layouts:
 
 * ``koniq10k``: ``koniq10k_distributions_sets.csv`` (its ``set`` column gives the official
-  training/validation/test split) or ``koniq10k_scores_and_distributions.csv``; the ``MOS``
-  column (1-5); images in ``1024x768/`` (else ``512x384/``).
+  training/validation/test split; its ``MOS`` is on 0-100) or
+  ``koniq10k_scores_and_distributions.csv`` (its ``MOS`` is the mean 1-5 rating); images in ``1024x768/`` (else ``512x384/``).
 * ``spaq``: ``Annotations/MOS and Image attribute scores.xlsx`` (``Image name``, ``MOS``
   0-100; needs ``openpyxl``); images in ``TestImage/``.
 * ``kadid10k``: ``dmos.csv`` (``dist_img``, ``dmos`` 1-5, higher is better); images in ``images/``.

@@ -31,8 +31,11 @@ from ftclip.data.samplers import ShardSampler
 from ftclip.data.transforms import _INTERPOLATION, apply, eval_transform
 from ftclip.errors import ConfigError, DataError
 
-#: MOS scale of each format (lo, hi), used when data.mos_range is not given.
-MOS_SCALES = {"koniq10k": (1.0, 5.0), "spaq": (0.0, 100.0), "kadid10k": (1.0, 5.0), "livec": (0.0, 100.0)}
+#: MOS scale of each format (lo, hi), used when data.mos_range is not given. KonIQ-10k's official
+#: koniq10k_distributions_sets.csv gives MOS on 0-100 (CLIP-IQA+ trains on MOS / 100); its other
+#: file, koniq10k_scores_and_distributions.csv, gives MOS as the mean 1-5 rating (KONIQ_RATING_SCALE).
+MOS_SCALES = {"koniq10k": (0.0, 100.0), "spaq": (0.0, 100.0), "kadid10k": (1.0, 5.0), "livec": (0.0, 100.0)}
+KONIQ_RATING_SCALE = (1.0, 5.0)
 
 
 @dataclass
@@ -235,10 +238,11 @@ class IqaDataModule(StagedDataModule):
                                   "spaq, kadid10k, livec, csv or auto)")
             self.labeled = load_iqa_dataset(data.format, data.root, split=data.split, csv_path=data.csv,
                                             images_dir=data.images_dir)
-            from ftclip.data.iqa import detect_iqa_format
+            from ftclip.data.iqa import _ALIASES, detect_iqa_format
 
-            fmt = str(data.format).lower()
-            self.labeled_format = detect_iqa_format(data.root) if fmt == "auto" and data.csv is None else fmt
+            fmt = str(data.format).strip().lower()
+            fmt = "csv" if data.csv is not None else _ALIASES.get(fmt, fmt)
+            self.labeled_format = detect_iqa_format(data.root) if fmt == "auto" else fmt
         self.eval_sets = []
         for name in self.cfg.eval.sets:
             sc = self._eval_set_cfg(str(name))
@@ -277,6 +281,12 @@ class IqaDataModule(StagedDataModule):
     def mos_range(self) -> tuple[float, float] | None:
         if self.cfg.data.mos_range is not None:
             return tuple(float(v) for v in self.cfg.data.mos_range)  # type: ignore[return-value]
+        if self.labeled_format == "koniq10k":
+            from ftclip.data.iqa import _KONIQ_CSVS
+
+            # the file the loader read: the first of _KONIQ_CSVS that exists
+            if not (Path(self.cfg.data.root).expanduser() / _KONIQ_CSVS[0]).is_file():
+                return KONIQ_RATING_SCALE
         if self.labeled_format in MOS_SCALES:
             return MOS_SCALES[self.labeled_format]
         values = [s.mos for s in self.labeled]
