@@ -15,6 +15,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``."""
     path = Path(path)
@@ -25,6 +31,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
