@@ -35,7 +35,7 @@ class ModelConfig:
     image_size: List[int] = field(default_factory=lambda: [224, 224])  # [height, width]
     mean: Optional[List[float]] = None  # None: from the pretrained tag, else OpenAI's
     std: Optional[List[float]] = None
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # bicubic | bilinear (what an open_clip export can record)
     quick_gelu: Optional[bool] = None  # None: what the model config / pretrained tag says
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
     download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
@@ -272,6 +272,11 @@ def _check_values(cfg: DictConfig, source: str) -> None:
     if unknown_formats:
         raise ConfigError(f"{source}: run.export names unknown format(s) {unknown_formats}; "
                           f"choose from: {', '.join(EXPORT_FORMATS)}")
+    if cfg.model.interpolation not in ("bicubic", "bilinear"):
+        raise ConfigError(
+            f"{source}: model.interpolation '{cfg.model.interpolation}' is not one of bicubic, bilinear "
+            "(the modes an open_clip export can record)"
+        )
     for name, stage in cfg.stages.items():
         if not stage.train:
             raise ConfigError(f"{source}: stages.{name}.train is empty: name the parameter groups it trains")

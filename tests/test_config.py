@@ -42,6 +42,7 @@ def test_main_recipe_needs_data_root():
         ("stages.image.optimizer.name=lamb", r"optimizer\.name 'lamb'"),
         ("model.image_size=[256]", r"model\.image_size"),
         ("stages.prompts.train=[]", r"stages\.prompts\.train is empty"),
+        ("model.interpolation=area", r"model\.interpolation 'area'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, pattern):
