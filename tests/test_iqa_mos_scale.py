@@ -59,3 +59,39 @@ def test_koniq_scores_file_mos_is_on_the_1_5_scale(tmp_path):
     dm = _datamodule(tmp_path, "koniq10k")
     assert dm.mos_range() == (1.0, 5.0)
     assert _mapped(dm) == pytest.approx([0.725, 0.05])
+
+
+@pytest.mark.parametrize(("kind", "losses", "bad"), [
+    ("mos", {"msee": 1.0}, "msee"),  # used to train plain MSE silently
+    ("mos", {"rank": 1.0, "rank_margn": 0.1}, "rank_margn"),
+    ("qualiclip", {"cons": 1.0, "margin_rnak": 0.1}, "margin_rnak"),
+    ("qualiclip", {"mse": 1.0}, "mse"),
+])
+def test_an_unknown_loss_name_is_one_config_error(tmp_path, kind, losses, bad):
+    from ftclip.errors import ConfigError
+    from ftclip.tasks.iqa import build_datamodule
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+        "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
+        "data": {"images": str(folder), "format": "csv", "root": str(tmp_path / "none.csv"), "check_images": False},
+        "strategies": {"antonym": {"context_tokens": 2}},
+        "stages": {"s": {"kind": kind, "train": ["prompts"], "losses": losses}}})
+    with pytest.raises(ConfigError, match=rf"stages\.s\.losses\.{bad}") as err:
+        build_datamodule(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_a_mos_stage_with_every_loss_weight_zero_is_a_config_error(tmp_path):
+    from ftclip.errors import ConfigError
+    from ftclip.tasks.iqa import build_datamodule
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+        "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
+        "data": {"format": "csv", "root": str(tmp_path / "none.csv")},
+        "strategies": {"antonym": {"context_tokens": 2}},
+        "stages": {"s": {"kind": "mos", "train": ["prompts"], "losses": {"mse": 0.0}}}})
+    with pytest.raises(ConfigError, match=r"stages\.s\.losses"):
+        build_datamodule(cfg)
