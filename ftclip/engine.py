@@ -184,6 +184,20 @@ def check_stages(cfg, module) -> None:
             available = ", ".join(sorted(k for k, v in groups.items() if v))
             hint = " (image.lora / text.lora need strategies.lora.enabled=true)" if any("lora" in g for g in unknown) else ""
             raise ConfigError(f"stages.{name}.train names unknown group(s) {unknown}; available: {available}{hint}")
+        allowed = getattr(module, "LOSS_KEYS", {}).get(str(stage.kind))
+        if allowed is not None:
+            unknown_losses = [k for k in stage.losses if k not in allowed]
+            if unknown_losses:
+                raise ConfigError(
+                    f"stages.{name}.losses.{unknown_losses[0]} is not a setting of a '{stage.kind}' stage; "
+                    + (f"it takes: {', '.join(allowed)}" if allowed else "it takes no loss settings")
+                )
+            weighted = getattr(module, "WEIGHTED_LOSSES", {}).get(str(stage.kind), ())
+            if weighted and not any(float(stage.losses.get(k, 0.0)) > 0 for k in weighted):
+                raise ConfigError(
+                    f"stages.{name}.losses gives no positive weight to any of {', '.join(weighted)}: "
+                    f"the stage would train nothing, e.g. stages.{name}.losses.{weighted[0]}=1.0"
+                )
     lora_groups = [g for g in groups if g.endswith(".lora") and groups[g]]
     if lora_groups and not any(g in lora_groups for stage in cfg.stages.values() for g in stage.train):
         raise ConfigError(

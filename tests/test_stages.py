@@ -58,6 +58,19 @@ def test_unknown_group_is_a_config_error(tiny_reid_root, tmp_path):
         prepare(cfg)
 
 
+@pytest.mark.parametrize("override, pattern", [
+    ("stages.image.losses.tripplet=1.0", r"stages\.image\.losses\.tripplet is not a setting.*triplet"),
+    ("stages.prompts.losses.supcon=2.0", r"stages\.prompts\.losses\.supcon.*takes no loss settings"),
+    ("stages.image.losses={id: 0, triplet: 0, i2t: 0}", r"no positive weight"),
+])
+def test_loss_settings_are_checked_before_training(tiny_reid_root, tmp_path, override, pattern):
+    from ftclip.errors import ConfigError
+
+    cfg = load_recipe(DEMO, tiny_reid_overrides(tiny_reid_root, tmp_path / "run") + [override])
+    with pytest.raises(ConfigError, match=pattern):
+        prepare(cfg)
+
+
 def _cfg(**kw):
     return OmegaConf.structured(ScheduleConfig(**kw))
 
