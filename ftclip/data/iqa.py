@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftclip.data.images import IMAGE_EXTENSIONS
-from ftclip.data.tables import read_table
+from ftclip.data.tables import read_table, resolve_csv
 from ftclip.errors import ConfigError, DataError
 
 __all__ = ["IqaSample", "IQA_FORMATS", "load_iqa_dataset", "list_images", "iqa_summary", "detect_iqa_format"]
@@ -283,23 +283,6 @@ def _load_csv(csv_file: Path, split: str | None) -> list[IqaSample]:
     return _finish(samples, f"IQA CSV {csv_file}" + (f" (split {split})" if split is not None else ""))
 
 
-def _resolve_csv(root: Path, csv_path: str | Path | None) -> Path:
-    if csv_path is not None:
-        p = Path(csv_path).expanduser()
-        if not p.is_absolute() and not p.exists() and root.is_dir():
-            p = root / p
-        if not p.is_file():
-            raise DataError(f"IQA CSV {p.absolute()} does not exist: check csv_path")
-        return p.absolute()
-    if root.is_file():
-        return root
-    files = sorted(root.glob("*.csv"))
-    if len(files) != 1:
-        found = f"found {_few(f.name for f in files)}" if files else "found none"
-        raise DataError(f"format csv needs exactly one .csv file in {root} ({found}): pass csv_path")
-    return files[0]
-
-
 def detect_iqa_format(root: str | Path) -> str:
     """Which IQA layout ``root`` holds (DataError listing what was looked for if none)."""
     path = _check_root(root)
@@ -357,7 +340,7 @@ def load_iqa_dataset(
     if fmt == "csv":
         if images_dir is not None:
             raise ConfigError("images_dir is not used with format csv: write paths relative to the CSV's folder")
-        return _load_csv(_resolve_csv(path, csv_path), split)
+        return _load_csv(resolve_csv(path, csv_path, "IQA CSV"), split)
     if not path.is_dir():
         raise DataError(f"IQA data root {path} is not a folder: pass the {fmt} data set folder")
     if fmt == "koniq10k":

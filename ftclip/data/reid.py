@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftclip.data.images import IMAGE_EXTENSIONS
-from ftclip.data.tables import read_table
+from ftclip.data.tables import read_table, resolve_csv
 from ftclip.errors import ConfigError, DataError
 
 __all__ = ["ReidSample", "ReidDataset", "REID_FORMATS", "load_reid_dataset", "detect_reid_format"]
@@ -377,26 +377,6 @@ def _as_int(text: str) -> int | None:
         return None
 
 
-def _resolve_csv(root: Path, csv_path: str | Path | None) -> Path:
-    if csv_path is not None:
-        p = Path(csv_path).expanduser()
-        if not p.is_absolute() and not p.exists() and root.is_dir():
-            p = root / p
-        if not p.is_file():
-            raise DataError(f"re-id CSV {p.absolute()} does not exist: check csv_path")
-        return p.absolute()
-    if root.is_file():
-        return root
-    files = _csv_files(root)
-    if len(files) != 1:
-        found = f"found {_few(f.name for f in files)}" if files else "found none"
-        raise DataError(f"format csv needs exactly one .csv file in {root} ({found}): pass csv_path")
-    return files[0]
-
-
-# --------------------------------------------------------------------------- entry point
-
-
 def _split_sources(fmt: str, path: Path) -> list[str]:
     """Where each split (train, query, gallery) comes from, for error messages."""
     if fmt == "csv":
@@ -452,7 +432,7 @@ def load_reid_dataset(format: str, root: str | Path, *, csv_path: str | Path | N
         path = _locate(fmt, path)
 
     if fmt == "csv":
-        path = _resolve_csv(path, csv_path)
+        path = resolve_csv(path, csv_path, "re-id CSV")
         train, query, gallery = _load_csv(path)
     elif fmt == "msmt17":
         train, query, gallery = _load_msmt(path)

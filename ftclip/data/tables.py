@@ -32,3 +32,23 @@ def read_table(path: Path, required: Iterable[str], what: str = "") -> list[tupl
             )
         reader.fieldnames = header
         return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}) for row in reader]
+
+
+def resolve_csv(root: Path, csv_path: str | Path | None, what: str) -> Path:
+    """The list file of a ``format: csv`` data set: ``csv_path`` (absolute, or relative to the
+    working directory or to ``root``), ``root`` itself if it is a file, else the one ``.csv`` in ``root``."""
+    if csv_path is not None:
+        path = Path(csv_path).expanduser()
+        if not path.is_absolute() and not path.exists() and root.is_dir():
+            path = root / path
+        if not path.is_file():
+            raise DataError(f"{what} {path.absolute()} does not exist: check csv_path")
+        return path.absolute()
+    if root.is_file():
+        return root
+    files = sorted(p for p in root.glob("*.csv") if p.is_file())
+    if len(files) != 1:
+        names = ", ".join(f.name for f in files[:5]) + (" ..." if len(files) > 5 else "")
+        found = f"found {names}" if files else "found none"
+        raise DataError(f"format csv needs exactly one .csv file in {root} ({found}): pass csv_path")
+    return files[0]
