@@ -29,6 +29,7 @@ from ftclip.errors import ConfigError, FtclipError
 from ftclip.io import AtomicCheckpointIO
 from ftclip.plots import plot_stage_losses
 from ftclip.rundir import RunDir
+from ftclip.stages import check_groups
 from ftclip.tasks import get_task
 
 log = logging.getLogger("ftclip")
@@ -174,30 +175,10 @@ def _on_stage_end(module, run: RunDir, stage: str) -> None:
 
 
 def check_stages(cfg, module) -> None:
-    """Every stage's kind and groups are valid before anything trains."""
+    """Every stage's groups exist in the built model, and LoRA is trained by some stage."""
     groups = module.parameter_groups()
     for name, stage in cfg.stages.items():
-        if stage.kind not in module.STAGE_KINDS:
-            raise ConfigError(f"stages.{name}.kind '{stage.kind}' is not one of {', '.join(module.STAGE_KINDS)}")
-        unknown = [g for g in stage.train if g not in groups or not groups[g]]
-        if unknown:
-            available = ", ".join(sorted(k for k, v in groups.items() if v))
-            hint = " (image.lora / text.lora need strategies.lora.enabled=true)" if any("lora" in g for g in unknown) else ""
-            raise ConfigError(f"stages.{name}.train names unknown group(s) {unknown}; available: {available}{hint}")
-        allowed = getattr(module, "LOSS_KEYS", {}).get(str(stage.kind))
-        if allowed is not None:
-            unknown_losses = [k for k in stage.losses if k not in allowed]
-            if unknown_losses:
-                raise ConfigError(
-                    f"stages.{name}.losses.{unknown_losses[0]} is not a setting of a '{stage.kind}' stage; "
-                    + (f"it takes: {', '.join(allowed)}" if allowed else "it takes no loss settings")
-                )
-            weighted = getattr(module, "WEIGHTED_LOSSES", {}).get(str(stage.kind), ())
-            if weighted and not any(float(stage.losses.get(k, 0.0)) > 0 for k in weighted):
-                raise ConfigError(
-                    f"stages.{name}.losses gives no positive weight to any of {', '.join(weighted)}: "
-                    f"the stage would train nothing, e.g. stages.{name}.losses.{weighted[0]}=1.0"
-                )
+        check_groups(groups, list(stage.train), name)
     lora_groups = [g for g in groups if g.endswith(".lora") and groups[g]]
     if lora_groups and not any(g in lora_groups for stage in cfg.stages.values() for g in stage.train):
         raise ConfigError(
@@ -207,11 +188,22 @@ def check_stages(cfg, module) -> None:
         )
 
 
+def check_stage_kinds(cfg, kinds: tuple[str, ...]) -> None:
+    for name, stage in cfg.stages.items():
+        if stage.kind not in kinds:
+            raise ConfigError(
+                f"stages.{name}.kind '{stage.kind}' is not a stage of task '{cfg.task}'; choose one of: {', '.join(kinds)}"
+            )
+
+
 def prepare(cfg):
     """Cheapest checks first: the model config and its weights, then the data (parsed and
     decoded once), then the model is built."""
     task = get_task(str(cfg.task))
+    check_stage_kinds(cfg, task.STAGE_KINDS)
     check_model_config(cfg.model)
+    if hasattr(task, "check_config"):
+        task.check_config(cfg)
     datamodule = task.build_datamodule(cfg)
     print(datamodule.summary(), flush=True)
     module = task.build_module(cfg, datamodule.info)
@@ -282,8 +274,11 @@ def fit(cfg, run: RunDir) -> dict:
 def _load_weights(module, ckpt: Path | None) -> None:
     if ckpt is None:
         return
-    state = torch.load(verify_checkpoint(ckpt), map_location="cpu", weights_only=False)
-    module.on_load_checkpoint(state)
+    _apply_checkpoint(module, torch.load(verify_checkpoint(ckpt), map_location="cpu", weights_only=False))
+
+
+def _apply_checkpoint(module, state: dict) -> None:
+    module.on_load_checkpoint(state)  # refuses a checkpoint of another architecture, by name
     module.load_state_dict(state["state_dict"], strict=True)
 
 
@@ -309,6 +304,5 @@ def load_module_from_run(run: RunDir):
         if backbone.get(key) is not None:
             build_cfg.model[key] = backbone[key]
     module = get_task(str(cfg.task)).build_module(build_cfg, info)
-    module.on_load_checkpoint(state)
-    module.load_state_dict(state["state_dict"], strict=True)
+    _apply_checkpoint(module, state)
     return module.eval(), cfg

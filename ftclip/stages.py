@@ -27,11 +27,8 @@ from ftclip.errors import ConfigError
 ParamGroups = dict[str, list[tuple[str, nn.Parameter]]]
 
 
-def freeze_for_stage(groups: ParamGroups, train: list[str], stage: str) -> list[tuple[str, nn.Parameter]]:
-    """Freeze every parameter, unfreeze the named groups; return the trainable (name, param) list.
-
-    (Modules left without a trainable parameter are put in eval mode by ``StagedModule.train``.)
-    """
+def check_groups(groups: ParamGroups, train: list[str], stage: str) -> None:
+    """Every group a stage trains exists in this model and has parameters."""
     unknown = [g for g in train if g not in groups]
     if unknown:
         raise ConfigError(
@@ -42,6 +39,41 @@ def freeze_for_stage(groups: ParamGroups, train: list[str], stage: str) -> list[
     empty = [g for g in train if not groups[g]]
     if empty:
         raise ConfigError(f"stages.{stage}.train: group(s) {empty} have no parameters in this model")
+
+
+def check_stage_losses(stages, settings: dict[str, tuple[str, ...]], weighted: dict[str, tuple[str, ...]],
+                       defaults: tuple[str, ...] = ()) -> None:
+    """``stages.<name>.losses`` names only settings its stage kind reads (``settings[kind]``), and
+    gives a positive weight to at least one of ``weighted[kind]`` -- unless the stage sets none of
+    them and its kind is in ``defaults`` (the task then uses its default weights)."""
+    for name, stage in stages.items():
+        kind = str(stage.kind)
+        if kind not in settings:
+            continue
+        allowed = settings[kind]
+        losses = dict(stage.losses or {})
+        unknown = [k for k in losses if k not in allowed]
+        if unknown:
+            raise ConfigError(
+                f"stages.{name}.losses.{unknown[0]} is not a setting of a '{kind}' stage; "
+                + (f"it takes: {', '.join(allowed)}" if allowed else "it takes no loss settings")
+            )
+        terms = weighted.get(kind, ())
+        if not terms or (kind in defaults and not any(k in losses for k in terms)):
+            continue
+        if not any(float(losses.get(k, 0.0)) > 0 for k in terms):
+            raise ConfigError(
+                f"stages.{name}.losses gives no positive weight to any of {', '.join(terms)}: "
+                f"the stage would train nothing, e.g. stages.{name}.losses.{terms[0]}=1.0"
+            )
+
+
+def freeze_for_stage(groups: ParamGroups, train: list[str], stage: str) -> list[tuple[str, nn.Parameter]]:
+    """Freeze every parameter, unfreeze the named groups; return the trainable (name, param) list.
+
+    (Modules left without a trainable parameter are put in eval mode by ``StagedModule.train``.)
+    """
+    check_groups(groups, train, stage)
     for params in groups.values():
         for _, param in params:
             param.requires_grad_(False)

@@ -1,5 +1,6 @@
-"""Task registry: each task package exposes ``Schema`` (its recipe dataclass),
-``build_module(cfg)`` (a LightningModule) and ``build_datamodule(cfg)``."""
+"""Task registry: each task package exposes ``Schema`` (its recipe dataclass), ``STAGE_KINDS``,
+``build_datamodule(cfg)``, ``build_module(cfg, info)`` (a LightningModule) and optionally
+``check_config(cfg)`` (checks that need neither data nor model)."""
 
 from __future__ import annotations
 

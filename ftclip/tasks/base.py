@@ -15,13 +15,11 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from ftclip.backbone import Backbone
-from ftclip.errors import ConfigError, FtclipError
+from ftclip.errors import FtclipError
 from ftclip.stages import ParamGroups, build_optimizer, build_scheduler, describe_trainable, freeze_for_stage
 
 
 class StagedModule(L.LightningModule):
-    STAGE_KINDS: tuple[str, ...] = ()
-
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -43,11 +41,6 @@ class StagedModule(L.LightningModule):
 
     def set_stage(self, name: str, stage_cfg) -> str:
         """Freeze everything but the stage's groups; return the trainable-parameter line."""
-        if stage_cfg.kind not in self.STAGE_KINDS:
-            raise ConfigError(
-                f"stages.{name}.kind '{stage_cfg.kind}' is not a stage of task '{self.cfg.task}'; "
-                f"choose one of: {', '.join(self.STAGE_KINDS)}"
-            )
         groups = self.parameter_groups()
         freeze_for_stage(groups, list(stage_cfg.train), name)
         self.stage_name, self.stage_cfg = name, stage_cfg

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ftclip.tasks.iqa.datamodule import IqaDataModule
 from ftclip.tasks.iqa.module import IqaModule
-from ftclip.tasks.iqa.schema import Schema
+from ftclip.tasks.iqa.schema import STAGE_KINDS, Schema
 
-__all__ = ["Schema", "build_datamodule", "build_module"]
+__all__ = ["Schema", "STAGE_KINDS", "build_datamodule", "build_module"]
 
 
 def build_datamodule(cfg) -> IqaDataModule:

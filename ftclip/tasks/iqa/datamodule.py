@@ -31,10 +31,13 @@ from ftclip.data.samplers import ShardSampler
 from ftclip.data.transforms import _INTERPOLATION, apply, eval_transform
 from ftclip.errors import ConfigError, DataError
 from ftclip.losses import MOS_LOSS_KINDS
+from ftclip.stages import check_stage_losses
 
-#: What ``stages.<name>.losses`` may set, per stage kind (weights and margins; see module.py).
+#: What ``stages.<name>.losses`` may set, per stage kind (weights and margins; see module.py),
+#: and which are weights (a stage that sets none of them trains with the defaults).
 STAGE_LOSS_KEYS = {"qualiclip": ("cons", "pos", "neg", "margin_rank", "margin_cons"),
                    "mos": (*MOS_LOSS_KINDS, "rank_margin")}
+STAGE_LOSS_WEIGHTS = {"qualiclip": ("cons", "pos", "neg"), "mos": MOS_LOSS_KINDS}
 
 #: MOS scale of each format (lo, hi), used when data.mos_range is not given. KonIQ-10k's official
 #: koniq10k_distributions_sets.csv gives MOS on 0-100 (CLIP-IQA+ trains on MOS / 100); its other
@@ -187,16 +190,8 @@ class IqaDataModule(StagedDataModule):
         if data.mos_range is not None and (len(data.mos_range) != 2 or not data.mos_range[1] > data.mos_range[0]):
             raise ConfigError(f"data.mos_range must be [low, high] with high > low, got {list(data.mos_range)}")
         antonym = self.cfg.strategies.antonym
+        check_stage_losses(self.cfg.stages, STAGE_LOSS_KEYS, STAGE_LOSS_WEIGHTS, defaults=tuple(STAGE_LOSS_KEYS))
         for name, stage in self.cfg.stages.items():
-            known = STAGE_LOSS_KEYS.get(str(stage.kind))
-            losses = dict(stage.losses or {})
-            unknown = [k for k in losses if known is not None and k not in known]
-            if unknown:
-                raise ConfigError(f"stages.{name}.losses.{unknown[0]} is not a setting of a '{stage.kind}' stage; "
-                                  f"use: {', '.join(known)}")
-            if str(stage.kind) == "mos" and losses and not any(float(losses.get(k, 0.0)) for k in MOS_LOSS_KINDS):
-                raise ConfigError(f"stages.{name}.losses {losses} gives no MOS loss a non-zero weight; "
-                                  f"set one of {', '.join(MOS_LOSS_KINDS)} (CLIP-IQA+: mse: 1.0)")
             if "prompts" in stage.train and int(antonym.context_tokens) <= 0:
                 raise ConfigError(
                     f"stages.{name}.train names 'prompts' but strategies.antonym.context_tokens is "

@@ -26,14 +26,12 @@ from ftclip.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss
 from ftclip.metrics.iqa import evaluate_iqa
 from ftclip.strategies.antonym import AntonymPrompts
 from ftclip.tasks.base import StagedModule
-from ftclip.tasks.iqa.schema import STAGE_KINDS
 
 QUALICLIP_TERMS = ("cons", "pos", "neg")
 MOS_TERMS = ("mse", "rank", "plcc")
 
 
 class IqaModule(StagedModule):
-    STAGE_KINDS = STAGE_KINDS
 
     def __init__(self, cfg, info: dict | None = None):
         super().__init__(cfg)

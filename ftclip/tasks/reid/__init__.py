@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from ftclip.tasks.reid.datamodule import ReidDataModule
 from ftclip.tasks.reid.module import ReidModule
-from ftclip.tasks.reid.schema import Schema
+from ftclip.stages import check_stage_losses
+from ftclip.tasks.reid.schema import LOSS_SETTINGS, LOSS_WEIGHTS, STAGE_KINDS, Schema
 
-__all__ = ["Schema", "build_datamodule", "build_module"]
+__all__ = ["Schema", "STAGE_KINDS", "check_config", "build_datamodule", "build_module"]
+
+
+def check_config(cfg) -> None:
+    """Task-specific config checks that need neither data nor model."""
+    check_stage_losses(cfg.stages, LOSS_SETTINGS, LOSS_WEIGHTS)
 
 
 def build_datamodule(cfg) -> ReidDataModule:

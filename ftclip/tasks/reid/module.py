@@ -24,16 +24,11 @@ from ftclip.metrics.reid import evaluate_reid
 from ftclip.strategies.heads import ReidHead
 from ftclip.strategies.prompts import IdPrompts
 from ftclip.tasks.base import StagedModule
-from ftclip.tasks.reid.schema import STAGE_KINDS
 
 DEFAULT_TEMPLATE = "A photo of a X X X X {}."
 
 
 class ReidModule(StagedModule):
-    STAGE_KINDS = STAGE_KINDS
-    # loss weights (and settings) a stage of each kind reads from ``stages.<name>.losses``
-    LOSS_KEYS = {"prompts": (), "image": ("id", "triplet", "i2t", "triplet_margin")}
-    WEIGHTED_LOSSES = {"image": ("id", "triplet", "i2t")}
 
     def __init__(self, cfg, num_ids: int, num_cameras: int, vehicle: bool = False):
         super().__init__(cfg)

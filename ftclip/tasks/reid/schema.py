@@ -67,4 +67,7 @@ class Schema(RecipeBase):
 
 
 STAGE_KINDS = ("prompts", "image")
+# what stages.<name>.losses may set per stage kind, and which of those are weights
+LOSS_SETTINGS = {"prompts": (), "image": ("id", "triplet", "i2t", "triplet_margin")}
+LOSS_WEIGHTS = {"image": ("id", "triplet", "i2t")}
 VEHICLE_FORMATS = ("veri776",)
