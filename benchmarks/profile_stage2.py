@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from ftclip import engine  # noqa: E402
-from ftclip.config import load_recipe  # noqa: E402
-from ftclip.rundir import RunDir  # noqa: E402
+from ftclip.recipe import load_recipe  # noqa: E402
+from ftclip.runs import RunDir  # noqa: E402
 
 SELECTED = (r"save_checkpoint|fsync|atomic_write|_next_data|cached_batch_images|gpu_augment.py.*__call__|"
             r"dataloader.py.*__iter__|_get_iterator|build_id_text_features|log_metrics")

@@ -95,7 +95,7 @@ def pk_labels(batch: int, num_ids: int, device: torch.device) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- ftclip side
 def build_module(args: argparse.Namespace, method: str, stage: int):
-    from ftclip.config import load_recipe
+    from ftclip.recipe import load_recipe
     from ftclip.tasks.reid.module import ReidModule
 
     overrides = [f"model.name={args.model}", f"model.image_size=[{args.image_size[0]},{args.image_size[1]}]",

@@ -5,4 +5,4 @@ import os
 # albumentations 2.0.x checks PyPI for updates on import; ftclip runs offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+from ftclip.version import __version__  # noqa: E402,F401

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from ftclip import __version__
+from ftclip.version import __version__
 from ftclip.errors import FtclipError
 
 COMMANDS = [

@@ -1,25 +1,17 @@
-"""Recipes: YAML -> typed, validated config.
+"""The recipe schema pieces every task shares (dataclasses; omegaconf structured configs).
 
-A recipe is a YAML file. It may start with a ``defaults:`` list naming pieces under
-``configs/`` (``model/vit_b16``, ``trainer/gpu``, ...) that are merged first, in order; the
-recipe's own keys go on top, then command-line overrides ``a.b=value``. The result is merged
-into the task's structured schema (dataclasses below and in ``ftclip/tasks/<task>/schema.py``),
-so an unknown key, a wrong type or a missing required value is one :class:`ConfigError`
-naming the key -- before any model or data is touched.
+A task's schema (``ftclip/tasks/<task>/schema.py``) extends :class:`RecipeBase` with its own
+``data``, ``strategies`` and ``eval`` sections. Reading, composing and validating a recipe
+against a task's schema is :mod:`ftclip.recipe`'s job; this module knows no task.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ftclip.errors import ConfigError
+from omegaconf import MISSING
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -138,183 +130,3 @@ class RecipeBase:
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-# --------------------------------------------------------------------------- loading
-def configs_dir_for(recipe_path: Path) -> Path:
-    """The ``configs/`` folder a recipe includes from: the nearest one above it, else the bundled one."""
-    for parent in recipe_path.resolve().parents:
-        candidate = parent / "configs"
-        if candidate.is_dir():
-            return candidate
-    return REPO_ROOT / "configs"
-
-
-def bundled_recipes() -> list[Path]:
-    root = REPO_ROOT / "recipes"
-    return sorted(root.rglob("*.yaml")) if root.is_dir() else []
-
-
-def resolve_recipe_path(recipe: str | Path) -> Path:
-    """A path, or the name of a bundled recipe (``reid_two_stage``, ``demo/reid_synthetic``)."""
-    path = Path(recipe)
-    if path.is_file():
-        return path
-    for candidate in (REPO_ROOT / "recipes" / f"{recipe}.yaml", REPO_ROOT / "recipes" / str(recipe)):
-        if candidate.is_file():
-            return candidate
-    names = ", ".join(str(p.relative_to(REPO_ROOT / "recipes").with_suffix("")) for p in bundled_recipes())
-    raise ConfigError(f"recipe '{recipe}' not found: give a YAML file path or a bundled recipe name ({names})")
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
-    return OmegaConf.create(data)
-
-
-def _compose(path: Path, configs_dir: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """Read a YAML file and merge its ``defaults:`` includes under it (recursively)."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'defaults' includes form a cycle: {' -> '.join(map(str, seen + (path,)))}")
-    node = _read_yaml(path)
-    includes = node.pop("defaults", [])
-    if not isinstance(includes, (list, ListConfig)):
-        raise ConfigError(f"{path}: 'defaults' must be a list of config names like 'model/vit_b16'")
-    merged = OmegaConf.create({})
-    for include in includes:
-        name = str(include).lstrip("/")
-        target = configs_dir / (name if name.endswith(".yaml") else f"{name}.yaml")
-        if not target.is_file():
-            available = sorted(str(p.relative_to(configs_dir).with_suffix("")) for p in configs_dir.rglob("*.yaml"))
-            raise ConfigError(
-                f"{path}: 'defaults' names '{include}' but {target} does not exist; available: {', '.join(available)}"
-            )
-        merged = OmegaConf.merge(merged, _compose(target, configs_dir, seen + (path,)))
-    return OmegaConf.merge(merged, node)
-
-
-def parse_overrides(overrides: list[str]) -> DictConfig:
-    """``a.b=value`` strings -> a config; values are parsed as YAML (``[1,2]``, ``true``, ``null``)."""
-    result = OmegaConf.create({})
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.devices=2)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        OmegaConf.update(result, key, value, force_add=True)
-    return result
-
-
-def _schema_for(task: str):
-    from ftclip.tasks import get_task
-
-    return get_task(task).Schema
-
-
-def _explain(exc: OmegaConfBaseException, source: str) -> str:
-    key = getattr(exc, "full_key", None) or ""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        return f"{source}: unknown key '{key}'; check the spelling (see docs/recipes.md for every key)"
-    if "Value '" in msg or "could not be converted" in msg or "is not a subclass" in msg or "Invalid type" in msg:
-        return f"{source}: key '{key}' has a value of the wrong type: {msg}"
-    return f"{source}: key '{key}': {msg}" if key else f"{source}: {msg}"
-
-
-def validate(raw: DictConfig, source: str) -> DictConfig:
-    """Merge a raw config into its task's schema; every problem is one ConfigError."""
-    task = raw.get("task")
-    if task is None:
-        raise ConfigError(f"{source}: the recipe has no 'task' key (one of: reid, iqa)")
-    schema = _schema_for(str(task))
-    base = OmegaConf.structured(schema)
-    # stages are a free-form mapping of names to StageConfig: type each entry explicitly
-    stages = raw.get("stages") or {}
-    if not isinstance(stages, (dict, DictConfig)):
-        raise ConfigError(f"{source}: 'stages' must be a mapping of stage name -> settings")
-    try:
-        cfg = OmegaConf.merge(base, raw)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(_explain(exc, source)) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"{source}: required key(s) without a value: {', '.join(missing)}; set them in the recipe or as "
-            f"overrides, e.g. {missing[0]}=..."
-        )
-    if not cfg.stages:
-        raise ConfigError(f"{source}: the recipe declares no stages")
-    _check_values(cfg, source)
-    OmegaConf.set_readonly(cfg, False)
-    return cfg
-
-
-def _check_values(cfg: DictConfig, source: str) -> None:
-    size = list(cfg.model.image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ConfigError(f"{source}: model.image_size must be [height, width] with positive values, got {size}")
-    unknown_formats = [f for f in cfg.run.export if f not in EXPORT_FORMATS]
-    if unknown_formats:
-        raise ConfigError(f"{source}: run.export names unknown format(s) {unknown_formats}; "
-                          f"choose from: {', '.join(EXPORT_FORMATS)}")
-    if cfg.model.interpolation not in ("bicubic", "bilinear"):
-        raise ConfigError(
-            f"{source}: model.interpolation '{cfg.model.interpolation}' is not one of bicubic, bilinear "
-            "(the modes an open_clip export can record)"
-        )
-    for name, stage in cfg.stages.items():
-        if not stage.train:
-            raise ConfigError(f"{source}: stages.{name}.train is empty: name the parameter groups it trains")
-        if stage.epochs < 1:
-            raise ConfigError(f"{source}: stages.{name}.epochs must be >= 1, got {stage.epochs}")
-        if stage.optimizer.lr <= 0:
-            raise ConfigError(f"{source}: stages.{name}.optimizer.lr must be > 0, got {stage.optimizer.lr}")
-        if stage.optimizer.name not in ("adam", "adamw", "sgd"):
-            raise ConfigError(
-                f"{source}: stages.{name}.optimizer.name '{stage.optimizer.name}' is not one of adam, adamw, sgd"
-            )
-        if stage.schedule.name not in ("constant", "cosine", "warmup_multistep"):
-            raise ConfigError(
-                f"{source}: stages.{name}.schedule.name '{stage.schedule.name}' is not one of "
-                "constant, cosine, warmup_multistep"
-            )
-
-
-def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Recipe file (or bundled name) + overrides -> validated config."""
-    path = resolve_recipe_path(recipe)
-    raw = _compose(path, configs_dir_for(path))
-    if overrides:
-        raw = OmegaConf.merge(raw, parse_overrides(overrides))
-    source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
-    return validate(raw, source)
-
-
-def load_saved_config(path: str | Path) -> DictConfig:
-    """A run directory's resolved ``config.yaml`` (no includes left)."""
-    path = Path(path)
-    return validate(_read_yaml(path), str(path))
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Stable short hash of the resolved config (recorded in exports)."""
-    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]

@@ -1,5 +1,8 @@
 """The one training path: config -> data -> module -> stages -> metrics -> run directory.
 
+Training only: loading a run for export or inference is :mod:`ftclip.runs`' job, and exporting
+after training is the ``fit`` command's (``run.export``).
+
 For each stage of the recipe, in order: freeze everything, unfreeze the groups it names,
 build a fresh Lightning ``Trainer`` (a finished Trainer does nothing on a second ``fit``),
 fit (resuming from the stage's ``last.ckpt`` if there is one), evaluate, record metrics,
@@ -9,13 +12,11 @@ from the previous stage's final weights.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +29,7 @@ from ftclip.backbone import check_model_config
 from ftclip.errors import ConfigError, FtclipError
 from ftclip.io import AtomicCheckpointIO
 from ftclip.plots import plot_stage_losses
-from ftclip.rundir import RunDir
+from ftclip.runs import RunDir, load_weights, verify_checkpoint
 from ftclip.stages import check_groups
 from ftclip.tasks import get_task
 
@@ -98,29 +99,11 @@ class StepSeed(Callback):
         torch.manual_seed(seed)  # also every CUDA device
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """Global rank 0 (Lightning sets the rank in DDP worker processes from their environment)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def verify_checkpoint(path: Path) -> Path:
-    """A cheap integrity check before a resume trusts ``path`` (torch checkpoints are zip archives).
-
-    Atomic writes mean a crash never leaves a truncated ``last.ckpt`` (leftover ``.last.ckpt.*.tmp``
-    files are never read); this catches a file damaged afterwards (disk, copy) with a clear message.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("data.pkl") for name in archive.namelist()):
-                raise zipfile.BadZipFile("no data.pkl inside")
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise FtclipError(
-            f"checkpoint {path} is damaged ({exc}); delete it to restart that stage from its beginning "
-            f"(the previous stages' checkpoints are kept), then `ftclip fit --resume` again"
-        ) from None
-    return path
 
 
 def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) -> L.Trainer:
@@ -225,7 +208,7 @@ def fit(cfg, run: RunDir) -> dict:
     metrics = run.metrics()
     if cfg.eval.before and "initial" not in metrics and not completed:
         metrics["initial"] = evaluate(cfg, module, datamodule)
-        if _is_main_process():  # under DDP every rank runs this function; one writes the run directory
+        if is_main_process():  # under DDP every rank runs this function; one writes the run directory
             run.record_metrics("initial", metrics["initial"])
             _on_stage_end(module, run, "initial")
         print(f"[initial] {_format(metrics['initial'])}", flush=True)
@@ -247,7 +230,7 @@ def fit(cfg, run: RunDir) -> dict:
                     f"{run.checkpoint_dir(previous) / 'last.ckpt'} is missing; restore it, or remove '{previous}' "
                     "from state.json to train that stage again"
                 )
-            _load_weights(module, previous_ckpt)
+            load_weights(module, previous_ckpt)
         if resume_from is not None:
             print(f"resuming stage '{name}' from {resume_from}", flush=True)
         datamodule.set_stage(stage.kind, stage.batch_size)
@@ -257,52 +240,11 @@ def fit(cfg, run: RunDir) -> dict:
         trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt", weights_only=False)  # final state, atomically
         metrics[name] = evaluate(cfg, module, datamodule)
         metrics[name]["train_seconds"] = round(time.time() - start, 2)
-        if _is_main_process():
+        if is_main_process():
             run.record_metrics(name, metrics[name])
             run.mark_completed(name)
             plot_stage_losses(run, name)
             _on_stage_end(module, run, name)
         print(f"[{name}] {_format(metrics[name])}", flush=True)
         previous = name
-    if cfg.run.export and _is_main_process():
-        from ftclip.export import export_run
-
-        export_run(run.path, list(cfg.run.export), out=run.path / "export", overwrite=True)
     return run.metrics()
-
-
-def _load_weights(module, ckpt: Path | None) -> None:
-    if ckpt is None:
-        return
-    _apply_checkpoint(module, torch.load(verify_checkpoint(ckpt), map_location="cpu", weights_only=False))
-
-
-def _apply_checkpoint(module, state: dict) -> None:
-    module.on_load_checkpoint(state)  # refuses a checkpoint of another architecture, by name
-    module.load_state_dict(state["state_dict"], strict=True)
-
-
-def load_module_from_run(run: RunDir):
-    """The trained module of a run (final weights of its last completed stage) and its config.
-
-    Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
-    backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
-    holds all the weights.
-    """
-    cfg = run.load_config()
-    ckpt = run.final_checkpoint()
-    if ckpt is None:
-        raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    info = state.get("ftclip", {}).get("info")
-    if info is None:
-        raise FtclipError(f"checkpoint {ckpt} was not written by ftclip (no 'ftclip' metadata)")
-    backbone = state["ftclip"].get("backbone", {})
-    build_cfg = copy.deepcopy(cfg)  # the run's own config stays as recorded
-    build_cfg.model.pretrained = None  # every weight comes from the checkpoint
-    for key in ("quick_gelu", "mean", "std", "interpolation"):
-        if backbone.get(key) is not None:
-            build_cfg.model[key] = backbone[key]
-    module = get_task(str(cfg.task)).build_module(build_cfg, info)
-    _apply_checkpoint(module, state)
-    return module.eval(), cfg

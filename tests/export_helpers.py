@@ -15,8 +15,8 @@ INFO = {"num_ids": 8, "num_cameras": 2, "vehicle": False}
 
 
 def make_cheap_run(root: Path, run_dir: Path, lora: bool = False, **extra):
-    from ftclip.config import load_recipe
-    from ftclip.rundir import RunDir
+    from ftclip.recipe import load_recipe
+    from ftclip.runs import RunDir
     from ftclip.tasks import get_task
 
     values = {"eval.before": "false"}

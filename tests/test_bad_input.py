@@ -75,7 +75,7 @@ def test_corrupt_and_empty_jpeg_are_an_error_naming_them(reid_copy, tmp_path, ca
 
 
 def test_bad_images_skipped_with_policy_skip(reid_copy, capsys):
-    from ftclip.config import load_recipe
+    from ftclip.recipe import load_recipe
     from ftclip.tasks import get_task
 
     corrupt, empty = _corrupt(reid_copy)

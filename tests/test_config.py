@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftclip.config import load_recipe, parse_overrides
+from ftclip.recipe import load_recipe, parse_overrides
 from ftclip.errors import ConfigError
 
 DEMO = "recipes/demo/reid_synthetic.yaml"

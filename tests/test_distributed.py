@@ -52,8 +52,9 @@ def test_eval_shards_cover_every_sample_once():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tiny_reid_root, tmp_path):
-    from ftclip.engine import evaluate, load_module_from_run, prepare
-    from ftclip.rundir import RunDir
+    from ftclip.engine import evaluate, prepare
+    from ftclip.runs import load_module_from_run
+    from ftclip.runs import RunDir
 
     run_dir = tmp_path / "ddp"
     args = tiny_reid_overrides(tiny_reid_root, run_dir, **{

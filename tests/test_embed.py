@@ -16,7 +16,7 @@ from ftclip.cli import main
 
 @pytest.fixture(scope="module")
 def run_and_export(tiny_reid_root, tmp_path_factory):
-    from ftclip.export import export_run
+    from ftclip.artifacts.export import export_run
 
     base = tmp_path_factory.mktemp("embed")
     run, _ = make_cheap_run(tiny_reid_root, base / "run")
@@ -59,8 +59,8 @@ def test_embed_equals_the_evaluation_feature(run_and_export, images, tmp_path):
     """What `ftclip embed` writes is the feature the run was evaluated with (same transform, same feature)."""
     from ftclip.data.images import read_image
     from ftclip.data.transforms import apply, eval_transform
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
+    from ftclip.runs import load_module_from_run
+    from ftclip.runs import RunDir
 
     run_dir, export_dir = run_and_export
     assert main(["embed", str(export_dir), str(images), "--out", str(tmp_path / "f.npy")]) == 0
@@ -118,14 +118,10 @@ def test_source_neither_run_nor_export_and_missing_input(run_and_export, images,
 def test_demo_training_exports_itself_and_embeds(tiny_reid_root, tmp_path):
     """End to end: a real (shrunk) demo fit with run.export=[open_clip, onnx], then embed with the export."""
     from conftest import tiny_reid_overrides
-    from ftclip.config import load_recipe
-    from ftclip.engine import fit
-    from ftclip.rundir import RunDir
 
-    cfg = load_recipe("recipes/demo/reid_synthetic.yaml",
-                      tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"run.export": "[open_clip,onnx]",
-                                                                              "eval.before": "false"}))
-    fit(cfg, RunDir.create(cfg))
+    overrides = tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"run.export": "[open_clip,onnx]",
+                                                                        "eval.before": "false"})
+    assert main(["fit", "recipes/demo/reid_synthetic.yaml", *overrides]) == 0
     export_dir = tmp_path / "run" / "export"
     assert (export_dir / "image_encoder.onnx").is_file() and (export_dir / "open_clip_model.safetensors").is_file()
     folder = tiny_reid_root / "query"

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def lora_export(tiny_reid_root, tmp_path_factory):
     """A LoRA run (adapters to merge) exported with both formats, shared by this module's tests."""
-    from ftclip.export import export_run
+    from ftclip.artifacts.export import export_run
 
     base = tmp_path_factory.mktemp("export")
     run, cfg = make_cheap_run(tiny_reid_root, base / "run", lora=True)
@@ -33,8 +33,8 @@ def lora_export(tiny_reid_root, tmp_path_factory):
 
 def _reference(run_path: Path, images: torch.Tensor):
     """The trained module (LoRA unmerged) straight from the run: encode_image and the task feature."""
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
+    from ftclip.runs import load_module_from_run
+    from ftclip.runs import RunDir
 
     module, _ = load_module_from_run(RunDir(run_path))
     with torch.no_grad():
@@ -57,7 +57,7 @@ def _run_plain_open_clip(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_layout_and_metadata(lora_export):
-    from ftclip.config import config_hash
+    from ftclip.recipe import config_hash
 
     run, cfg, out = lora_export
     names = {p.name for p in out.iterdir()}
@@ -162,9 +162,9 @@ def test_onnx_image_encoder_matches_torch_with_any_batch(lora_export):
 
 # ---------------------------------------------------------------------------------------- errors
 def test_run_without_checkpoint_is_one_clear_error(tiny_reid_root, tmp_path):
-    from ftclip.config import load_recipe
-    from ftclip.export import export_run
-    from ftclip.rundir import RunDir
+    from ftclip.recipe import load_recipe
+    from ftclip.artifacts.export import export_run
+    from ftclip.runs import RunDir
 
     from conftest import tiny_reid_overrides
 
@@ -192,7 +192,7 @@ def test_cli_errors_exit_2_with_one_line(lora_export, tmp_path, capsys):
 
 
 def test_unknown_format_in_recipe_fails_before_training(tiny_reid_root, tmp_path):
-    from ftclip.config import load_recipe
+    from ftclip.recipe import load_recipe
     from ftclip.errors import ConfigError
 
     from conftest import tiny_reid_overrides
@@ -203,7 +203,7 @@ def test_unknown_format_in_recipe_fails_before_training(tiny_reid_root, tmp_path
 
 
 def test_overwrite_replaces_and_verification_failure_keeps_the_old_export(tiny_reid_root, tmp_path, monkeypatch):
-    import ftclip.export as export_mod
+    import ftclip.artifacts.export as export_mod
     from ftclip.cli import main
 
     run, _ = make_cheap_run(tiny_reid_root, tmp_path / "run")

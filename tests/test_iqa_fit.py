@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from ftclip.cli import main
-from ftclip.config import load_recipe
+from ftclip.recipe import load_recipe
 from ftclip.data.synthetic import write_synthetic_iqa
-from ftclip.engine import fit, load_module_from_run
+from ftclip.engine import fit
+from ftclip.runs import load_module_from_run
 from ftclip.errors import ConfigError
-from ftclip.rundir import RunDir
+from ftclip.runs import RunDir
 
 RECIPE = "recipes/demo/iqa_synthetic.yaml"
 REPO = Path(__file__).resolve().parents[1]

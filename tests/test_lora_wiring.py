@@ -69,8 +69,8 @@ def test_stage_prints_trainable_share_and_trains_only_adapters_and_head(lora_run
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("head."))
 
     # the stage-start line counts exactly the adapters and the head (less the frozen BNNeck bias)
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
+    from ftclip.runs import load_module_from_run
+    from ftclip.runs import RunDir
 
     groups = load_module_from_run(RunDir(run_dir))[0].parameter_groups()
     trainable = sum(p.numel() for group in ("image.lora", "head") for n, p in groups[group] if not n.endswith("bn.bias"))
@@ -84,8 +84,9 @@ def test_stage_prints_trainable_share_and_trains_only_adapters_and_head(lora_run
 def test_evaluation_uses_the_adapted_model_and_the_run_reloads_strictly(lora_run):
     """``load_module_from_run`` rebuilds the adapters and loads the checkpoint (strict); evaluating it
     reproduces metrics.json, and the same model with the adapters switched off scores differently."""
-    from ftclip.engine import evaluate, load_module_from_run
-    from ftclip.rundir import RunDir
+    from ftclip.engine import evaluate
+    from ftclip.runs import load_module_from_run
+    from ftclip.runs import RunDir
     from ftclip.tasks import get_task
 
     run_dir, _ = lora_run
@@ -112,7 +113,7 @@ def test_evaluation_uses_the_adapted_model_and_the_run_reloads_strictly(lora_run
 
 def test_resume_inside_a_lora_stage_gives_the_uninterrupted_weights(lora_run, tmp_path, capsys):
     """Stop stage 2 after 3 steps (max_steps), resume it with ``ftclip fit --resume``: same final weights."""
-    from ftclip.config import load_saved_config, to_yaml
+    from ftclip.recipe import load_saved_config, to_yaml
 
     ref_dir, _ = lora_run
     run_dir = tmp_path / "run"

@@ -84,8 +84,8 @@ def test_loader_state_with_other_batch_count_is_refused():
 
 # --------------------------------------------------------------------------- damaged checkpoints
 def test_damaged_last_ckpt_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
-    from ftclip.config import load_recipe
-    from ftclip.rundir import RunDir
+    from ftclip.recipe import load_recipe
+    from ftclip.runs import RunDir
 
     run_dir = tmp_path / "run"
     run = RunDir.create(load_recipe(RECIPE, _overrides(tiny_reid_root, run_dir)))
@@ -98,8 +98,8 @@ def test_damaged_last_ckpt_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
 
 
 def test_completed_stage_without_checkpoint_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
-    from ftclip.config import load_recipe
-    from ftclip.rundir import RunDir
+    from ftclip.recipe import load_recipe
+    from ftclip.runs import RunDir
 
     run_dir = tmp_path / "run"
     run = RunDir.create(load_recipe(RECIPE, _overrides(tiny_reid_root, run_dir)))

@@ -15,7 +15,7 @@ import torch
 
 from conftest import tiny_reid_overrides
 from ftclip.cli import main
-from ftclip.config import load_recipe
+from ftclip.recipe import load_recipe
 
 RECIPE = "recipes/demo/reid_synthetic.yaml"
 

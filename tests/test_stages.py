@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import tiny_reid_overrides
-from ftclip.config import ScheduleConfig, load_recipe
+from ftclip.config import ScheduleConfig
+from ftclip.recipe import load_recipe
 from ftclip.engine import fit, prepare
-from ftclip.rundir import RunDir
+from ftclip.runs import RunDir
 from ftclip.stages import lr_factor
 
 DEMO = "recipes/demo/reid_synthetic.yaml"

@@ -49,7 +49,7 @@ def synth_iqa(args) -> int:
 
 def check_data(args) -> int:
     """Parse, decode every image, report counts and problems; non-zero exit on errors."""
-    from ftclip.config import load_recipe
+    from ftclip.recipe import load_recipe
     from ftclip.data.check import check_recipe_data
 
     cfg = load_recipe(args.recipe, list(args.overrides))

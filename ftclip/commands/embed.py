@@ -74,7 +74,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ftclip.inference import collect_images, iter_image_batches, load_for_inference, path_kind
+    from ftclip.artifacts.inference import collect_images, iter_image_batches, load_for_inference, path_kind
 
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:

@@ -22,8 +22,8 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from ftclip.export import check_formats, export_run
-    from ftclip.inference import EXPORT_META
+    from ftclip.artifacts.export import check_formats, export_run
+    from ftclip.artifacts.layout import EXPORT_META
 
     check_formats(args.formats)
     out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite)

@@ -21,9 +21,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ftclip.config import load_recipe
-    from ftclip.engine import fit
-    from ftclip.rundir import RunDir
+    from ftclip.artifacts.export import export_run
+    from ftclip.engine import fit, is_main_process
+    from ftclip.recipe import load_recipe
+    from ftclip.runs import RunDir
 
     created = False
     if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or args.resume):
@@ -63,6 +64,8 @@ def run(args) -> int:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = saved
+    if cfg.run.export and is_main_process():
+        export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True)
     print(json.dumps(metrics, indent=2))
     print(f"done: {run_dir.path}")
     return 0

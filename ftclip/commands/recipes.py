@@ -23,7 +23,8 @@ def describe(path) -> str:
 
 
 def run(args) -> int:
-    from ftclip.config import REPO_ROOT, bundled_recipes
+    from ftclip.config import REPO_ROOT
+    from ftclip.recipe import bundled_recipes
 
     root = REPO_ROOT / "recipes"
     recipes = bundled_recipes()

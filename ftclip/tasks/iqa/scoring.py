@@ -61,8 +61,7 @@ class Scorer:
 
 
 def _from_run(path: Path) -> Scorer:
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
+    from ftclip.runs import RunDir, load_module_from_run
 
     run = RunDir(path)
     cfg = run.load_config()

@@ -1,4 +1,7 @@
-"""The run directory: everything a run writes, and what a resume reads back.
+"""Runs on disk: the run directory, checkpoint verification, and loading a trained module.
+
+Loading is not training: export, inference and the engine's resume all read runs through this
+module, which never imports the training engine.
 
     <run.dir>/                     default runs/<name>/<YYYY-mm-dd_HH-MM-SS>
       config.yaml                  the resolved recipe (a resume reads only this)
@@ -12,13 +15,19 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
+import shutil
+import zipfile
 from pathlib import Path
 
-from ftclip.config import load_saved_config, to_yaml
+import torch
+
 from ftclip.errors import FtclipError
 from ftclip.io import atomic_write_json, atomic_write_text, read_json
+from ftclip.recipe import load_saved_config, to_yaml
+from ftclip.tasks import get_task
 
 
 class RunDir:
@@ -69,8 +78,6 @@ class RunDir:
         files = [p for p in self.path.rglob("*") if p.is_file()]
         if any(p != self.config_path for p in files):
             return False
-        import shutil
-
         shutil.rmtree(self.path)
         return True
 
@@ -126,3 +133,64 @@ class RunDir:
             if ckpt:
                 return ckpt
         return None
+
+
+# ---------------------------------------------------------------------- checkpoints
+def verify_checkpoint(path: Path) -> Path:
+    """A cheap integrity check before a resume trusts ``path`` (torch checkpoints are zip archives).
+
+    Atomic writes mean a crash never leaves a truncated ``last.ckpt`` (leftover ``.last.ckpt.*.tmp``
+    files are never read); this catches a file damaged afterwards (disk, copy) with a clear message.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl inside")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise FtclipError(
+            f"checkpoint {path} is damaged ({exc}); delete it to restart that stage from its beginning "
+            f"(the previous stages' checkpoints are kept), then `ftclip fit --resume` again"
+        ) from None
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A verified checkpoint's content (on the CPU)."""
+    return torch.load(verify_checkpoint(path), map_location="cpu", weights_only=False)
+
+
+def apply_checkpoint(module, state: dict) -> None:
+    """Load a checkpoint's weights into a task module (refusing another architecture by name)."""
+    module.on_load_checkpoint(state)
+    module.load_state_dict(state["state_dict"], strict=True)
+
+
+def load_weights(module, ckpt: Path) -> None:
+    """The weights of checkpoint file ``ckpt`` into ``module``."""
+    apply_checkpoint(module, read_checkpoint(ckpt))
+
+
+def load_module_from_run(run: RunDir):
+    """The trained module of a run (final weights of its last completed stage) and its config.
+
+    Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
+    backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
+    holds all the weights.
+    """
+    cfg = run.load_config()
+    ckpt = run.final_checkpoint()
+    if ckpt is None:
+        raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit)")
+    state = read_checkpoint(ckpt)
+    info = state.get("ftclip", {}).get("info")
+    if info is None:
+        raise FtclipError(f"checkpoint {ckpt} was not written by ftclip (no 'ftclip' metadata)")
+    backbone = state["ftclip"].get("backbone", {})
+    build_cfg = copy.deepcopy(cfg)  # the run's own config stays as recorded
+    build_cfg.model.pretrained = None  # every weight comes from the checkpoint
+    for key in ("quick_gelu", "mean", "std", "interpolation"):
+        if backbone.get(key) is not None:
+            build_cfg.model[key] = backbone[key]
+    module = get_task(str(cfg.task)).build_module(build_cfg, info)
+    apply_checkpoint(module, state)
+    return module.eval(), cfg

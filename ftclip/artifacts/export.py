@@ -45,11 +45,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftclip import __version__
-from ftclip.config import EXPORT_FORMATS, config_hash, to_yaml
+from ftclip.version import __version__
+from ftclip.artifacts.inference import ImageEncoder, load_open_clip_export, select_feature
+from ftclip.artifacts.layout import (EXPORT_META, FEATURES, HEADS, MODEL_CARD, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS,
+                                     PROMPTS, TEXT_FEATURES)
+from ftclip.config import EXPORT_FORMATS
 from ftclip.errors import FtclipError
-from ftclip.inference import (EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TEXT_FEATURES,
-                              ImageEncoder, load_open_clip_export, select_feature)
+from ftclip.recipe import config_hash, to_yaml
+from ftclip.runs import RunDir, load_module_from_run
 
 log = logging.getLogger("ftclip")
 
@@ -367,9 +370,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False) -> Path:
     """Export the final weights of ``run_dir`` in ``formats`` (``open_clip`` is always written; ``onnx`` adds
     ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``."""
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
-
     formats = check_formats(formats)
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

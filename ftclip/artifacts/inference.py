@@ -41,13 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftclip.artifacts.layout import EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TEXT_FEATURES
 from ftclip.errors import DataError, FtclipError
-
-EXPORT_META = "ftclip_export.json"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-TEXT_FEATURES = "text_features.safetensors"
-FEATURES = ("proj", "final", "final+proj")
+from ftclip.runs import RunDir, load_module_from_run
 
 
 class ImageEncoder(nn.Module):
@@ -212,9 +208,6 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
             raise FtclipError(f"{meta_file} is not readable JSON ({exc}); re-export the run") from None
         model = load_open_clip_export(path, dev)
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
-
-    from ftclip.engine import load_module_from_run
-    from ftclip.rundir import RunDir
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     module, cfg = load_module_from_run(RunDir(path))
