@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def dataset(root: Path, size: tuple[int, int], ids: int):
-    from ftclip.data.reid import load_reid_dataset
-    from ftclip.data.synthetic import write_synthetic_reid
+    from ftclip.tasks.reid.formats import load_reid_dataset
+    from ftclip.tasks.reid.synthetic import write_synthetic_reid
 
     folder = root / f"market_{size[0]}x{size[1]}_{ids}ids"
     if not folder.exists():
@@ -113,7 +113,7 @@ def jpeg_path(ds, size, batch: int, workers: int, epochs: int, device: torch.dev
 
 
 def cache_path(ds, size, batch: int, epochs: int, device: torch.device) -> tuple[float, float, int]:
-    from ftclip.data.gpu_augment import ReidDeviceAugment, build_uint8_cache
+    from ftclip.tasks.reid.gpu_augment import ReidDeviceAugment, build_uint8_cache
 
     start = time.perf_counter()
     cache = build_uint8_cache([s.path for s in ds.train], size, workers=len(os.sched_getaffinity(0)))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from common import device_name, sync
 
-from ftclip.metrics.reid import evaluate_reid
+from ftclip.tasks.reid.metrics import evaluate_reid
 
 DIM = 1280
 SIZES: dict[str, dict[str, int]] = {

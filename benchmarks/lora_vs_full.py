@@ -5,7 +5,7 @@
         [--out benchmarks/out/lora_vs_full.json]
 
 The step is CLIP-ReID stage 2 reduced to its cost-bearing part: the image tower forward via
-``Backbone.reid_features`` on random images (random-init weights), a bias-free linear ID
+``reid_features`` (ftclip/tasks/reid/features.py) on random images (random-init weights), a bias-free linear ID
 classifier on the projected feature, cross-entropy, backward, Adam. ``full`` trains the
 ``image`` group (the whole image tower) + classifier; ``lora`` trains ``image.lora`` (LoRA on
 q/k/v/out of every image block, r = ``--rank``, alpha = r, dropout ``--dropout``) + classifier.
@@ -88,6 +88,7 @@ def run_one(args: argparse.Namespace, method: str, batch: int) -> dict[str, Any]
     from omegaconf import OmegaConf
 
     from ftclip.backbone import Backbone
+    from ftclip.tasks.reid.features import reid_features
     from ftclip.config import LoraConfig, ModelConfig
     from ftclip.stages import count_parameters, freeze_for_stage
     from ftclip.strategies.lora import apply_lora
@@ -115,7 +116,7 @@ def run_one(args: argparse.Namespace, method: str, batch: int) -> dict[str, Any]
 
     def forward() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = head(backbone.reid_features(images).proj)
+            logits = head(reid_features(backbone, images).proj)
         return torch.nn.functional.cross_entropy(logits.float(), labels)
 
     def step() -> None:

@@ -5,7 +5,6 @@ is open_clip's own format, which is what export writes) and adds what fine-tunin
 
 * non-square inputs (e.g. 256x128) with the pretrained positional grid resized bilinearly,
 * the text tower run on injected token embeddings (prompt learning),
-* the three ViT class-token features CLIP-ReID uses,
 * named parameter groups (``image``, ``text``, ``logit_scale``) for freezing per stage.
 
 Weights come from an open_clip pretrained tag (from its local cache; there is no network at
@@ -46,15 +45,6 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
-
-
-@dataclass(frozen=True)
-class ReidFeatures:
-    """CLIP-ReID's three class-token features of a ViT (see METHODS.md)."""
-
-    last: torch.Tensor  # class token after the second-to-last block, no final LayerNorm
-    final: torch.Tensor  # class token after the last block and ln_post
-    proj: torch.Tensor  # ``final`` times the projection (the CLIP embedding)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -179,6 +169,7 @@ class Backbone(nn.Module):
         self.name = name
         self.preprocess = preprocess
         self.quick_gelu = quick_gelu
+        self.compiled = False  # set by StagedModule.compile_towers
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -238,31 +229,6 @@ class Backbone(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
-
-    def reid_features(self, images: torch.Tensor, class_offset: torch.Tensor | None = None) -> ReidFeatures:
-        """CLIP-ReID features; ``class_offset`` ([B, width], e.g. SIE) is added to the class token only."""
-        visual = self.visual
-        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.pool_type != "tok":
-            raise ConfigError(
-                f"model.name {self.name}: re-identification features need a ViT with class-token pooling "
-                "(e.g. ViT-B-16, ViT-L-14); this tower is not one"
-            )
-        x = visual.conv1(images)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls_tok = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        if class_offset is not None:
-            cls_tok = cls_tok + class_offset.to(x.dtype).unsqueeze(1)
-        x = torch.cat([cls_tok, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.patch_dropout(x)
-        x = visual.ln_pre(x)
-        blocks = visual.transformer.resblocks
-        for block in blocks[:-1]:
-            x = _run_block(visual.transformer, block, x)
-        last = x[:, 0]
-        x = _run_block(visual.transformer, blocks[-1], x)
-        final = visual.ln_post(x[:, 0])
-        proj = final @ visual.proj if visual.proj is not None else final
-        return ReidFeatures(last=last, final=final, proj=proj)
 
     @property
     def vision_width(self) -> int:
@@ -348,14 +314,6 @@ def check_model_config(cfg) -> tuple[Path | None, dict]:
             raise FtclipError(f"model.pretrained: file {candidate} does not exist")
         return candidate, {}
     return _tag_weights(name, str(cfg.pretrained), cfg.cache_dir, bool(cfg.download))
-
-
-def _run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled():
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(block, x, use_reentrant=False)
-    return block(x)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -17,7 +17,6 @@ import os
 import random
 import time
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -150,13 +149,6 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
-def _on_stage_end(module, run: RunDir, stage: str) -> None:
-    """A task's optional hook after each evaluation is recorded (e.g. IQA scatter plots)."""
-    hook = getattr(module, "on_stage_end", None)
-    if callable(hook):
-        hook(run, stage)
-
-
 def check_stages(cfg, module) -> None:
     """Every stage's groups exist in the built model, and LoRA is trained by some stage."""
     groups = module.parameter_groups()
@@ -171,22 +163,12 @@ def check_stages(cfg, module) -> None:
         )
 
 
-def check_stage_kinds(cfg, kinds: tuple[str, ...]) -> None:
-    for name, stage in cfg.stages.items():
-        if stage.kind not in kinds:
-            raise ConfigError(
-                f"stages.{name}.kind '{stage.kind}' is not a stage of task '{cfg.task}'; choose one of: {', '.join(kinds)}"
-            )
-
-
 def prepare(cfg):
     """Cheapest checks first: the model config and its weights, then the data (parsed and
     decoded once), then the model is built."""
     task = get_task(str(cfg.task))
-    check_stage_kinds(cfg, task.STAGE_KINDS)
+    task.check_config(cfg)
     check_model_config(cfg.model)
-    if hasattr(task, "check_config"):
-        task.check_config(cfg)
     datamodule = task.build_datamodule(cfg)
     print(datamodule.summary(), flush=True)
     module = task.build_module(cfg, datamodule.info)
@@ -210,7 +192,7 @@ def fit(cfg, run: RunDir) -> dict:
         metrics["initial"] = evaluate(cfg, module, datamodule)
         if is_main_process():  # under DDP every rank runs this function; one writes the run directory
             run.record_metrics("initial", metrics["initial"])
-            _on_stage_end(module, run, "initial")
+            module.on_stage_end(run, "initial")
         print(f"[initial] {_format(metrics['initial'])}", flush=True)
     previous: str | None = None
     for name, stage in cfg.stages.items():
@@ -244,7 +226,7 @@ def fit(cfg, run: RunDir) -> dict:
             run.record_metrics(name, metrics[name])
             run.mark_completed(name)
             plot_stage_losses(run, name)
-            _on_stage_end(module, run, name)
+            module.on_stage_end(run, name)
         print(f"[{name}] {_format(metrics[name])}", flush=True)
         previous = name
     return run.metrics()

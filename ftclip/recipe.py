@@ -19,7 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ftclip.config import EXPORT_FORMATS, REPO_ROOT
 from ftclip.errors import ConfigError
-from ftclip.tasks import get_task
+from ftclip.stages import OPTIMIZERS, SCHEDULES
+from ftclip.tasks import get_task, task_names
 
 
 def configs_dir_for(recipe_path: Path) -> Path:
@@ -102,7 +103,7 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 
 
 def _schema_for(task: str):
-    return get_task(task).Schema
+    return get_task(task).schema
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> str:
@@ -119,7 +120,7 @@ def validate(raw: DictConfig, source: str) -> DictConfig:
     """Merge a raw config into its task's schema; every problem is one ConfigError."""
     task = raw.get("task")
     if task is None:
-        raise ConfigError(f"{source}: the recipe has no 'task' key (one of: reid, iqa)")
+        raise ConfigError(f"{source}: the recipe has no 'task' key (one of: {', '.join(task_names())})")
     schema = _schema_for(str(task))
     base = OmegaConf.structured(schema)
     # stages are a free-form mapping of names to StageConfig: type each entry explicitly
@@ -163,14 +164,13 @@ def _check_values(cfg: DictConfig, source: str) -> None:
             raise ConfigError(f"{source}: stages.{name}.epochs must be >= 1, got {stage.epochs}")
         if stage.optimizer.lr <= 0:
             raise ConfigError(f"{source}: stages.{name}.optimizer.lr must be > 0, got {stage.optimizer.lr}")
-        if stage.optimizer.name not in ("adam", "adamw", "sgd"):
+        if stage.optimizer.name not in OPTIMIZERS:
             raise ConfigError(
-                f"{source}: stages.{name}.optimizer.name '{stage.optimizer.name}' is not one of adam, adamw, sgd"
+                f"{source}: stages.{name}.optimizer.name '{stage.optimizer.name}' is not one of {', '.join(OPTIMIZERS)}"
             )
-        if stage.schedule.name not in ("constant", "cosine", "warmup_multistep"):
+        if stage.schedule.name not in SCHEDULES:
             raise ConfigError(
-                f"{source}: stages.{name}.schedule.name '{stage.schedule.name}' is not one of "
-                "constant, cosine, warmup_multistep"
+                f"{source}: stages.{name}.schedule.name '{stage.schedule.name}' is not one of {', '.join(SCHEDULES)}"
             )
 
 

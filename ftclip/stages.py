@@ -80,11 +80,21 @@ def freeze_for_stage(groups: ParamGroups, train: list[str], stage: str) -> list[
     trainable = []
     for group in train:
         for name, param in groups[group]:
-            if name.endswith("bn.bias"):  # BNNeck bias stays frozen (CLIP-ReID)
+            if getattr(param, _ALWAYS_FROZEN, False):
                 continue
             param.requires_grad_(True)
             trainable.append((name, param))
     return trainable
+
+
+_ALWAYS_FROZEN = "_ftclip_always_frozen"
+
+
+def keep_frozen(param: nn.Parameter) -> nn.Parameter:
+    """Mark ``param`` as never trained, whichever stage trains its group (e.g. CLIP-ReID's BNNeck bias)."""
+    param.requires_grad_(False)
+    setattr(param, _ALWAYS_FROZEN, True)
+    return param
 
 
 def count_parameters(groups: ParamGroups) -> tuple[int, int]:
@@ -126,32 +136,51 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg) -> torch.
     groups = [g for g in groups if g["params"]]
     on_cuda = named_params[0][1].is_cuda
     fused = on_cuda if cfg.fused is None else bool(cfg.fused)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    raise ConfigError(f"optimizer.name '{cfg.name}' is not one of adam, adamw, sgd")
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name '{cfg.name}' is not one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](groups, cfg, fused)
+
+
+#: Optimizer name -> builder(param groups, OptimizerConfig, fused) (the one table of names).
+OPTIMIZERS = {
+    "adam": lambda groups, cfg, fused: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                        fused=fused or None),
+    "adamw": lambda groups, cfg, fused: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                          fused=fused or None),
+    "sgd": lambda groups, cfg, fused: torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                      momentum=cfg.momentum),
+}
+
+
+def _constant(cfg, base_lr: float, epochs: int, epoch: int) -> float:
+    return 1.0
+
+
+def _cosine(cfg, base_lr: float, epochs: int, epoch: int) -> float:
+    if epoch < cfg.warmup_epochs:
+        lr = cfg.warmup_lr + epoch * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+    else:
+        lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+    return lr / base_lr
+
+
+def _warmup_multistep(cfg, base_lr: float, epochs: int, epoch: int) -> float:
+    warm = 1.0
+    if epoch < cfg.warmup_epochs:
+        alpha = epoch / cfg.warmup_epochs
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    return warm * cfg.gamma ** bisect.bisect_right(list(cfg.milestones), epoch)
+
+
+#: Schedule name -> factor(ScheduleConfig, base lr, epochs, epoch) (the one table of names).
+SCHEDULES = {"constant": _constant, "cosine": _cosine, "warmup_multistep": _warmup_multistep}
 
 
 def lr_factor(cfg, base_lr: float, epochs: int, epoch: int) -> float:
     """The schedule's multiplier on ``base_lr`` for a (0-based) epoch."""
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "cosine":
-        if epoch < cfg.warmup_epochs:
-            lr = cfg.warmup_lr + epoch * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
-        else:
-            lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / epochs))
-        return lr / base_lr
-    if cfg.name == "warmup_multistep":
-        warm = 1.0
-        if epoch < cfg.warmup_epochs:
-            alpha = epoch / cfg.warmup_epochs
-            warm = cfg.warmup_factor * (1 - alpha) + alpha
-        return warm * cfg.gamma ** bisect.bisect_right(list(cfg.milestones), epoch)
-    raise ConfigError(f"schedule.name '{cfg.name}' is not one of constant, cosine, warmup_multistep")
+    if cfg.name not in SCHEDULES:
+        raise ConfigError(f"schedule.name '{cfg.name}' is not one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int):

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_reid_root(tmp_path_factory):
     """8 train + 8 test identities, 2 cameras, 2 images per camera (deterministic)."""
-    from ftclip.data.synthetic import write_synthetic_reid
+    from ftclip.tasks.reid.synthetic import write_synthetic_reid
 
     root = tmp_path_factory.mktemp("reid") / "market"
     write_synthetic_reid(root, num_ids=8, num_cameras=2, images_per_id_cam=2, num_junk=1, num_distractors=1, seed=0)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ftclip.backbone import Backbone, resize_grid_embedding
 from ftclip.config import ModelConfig
+from ftclip.tasks.reid.features import reid_features
 from ftclip.errors import ConfigError, FtclipError
 
 
@@ -26,11 +27,11 @@ def test_text_tower_on_injected_embeddings_equals_encode_text():
 def test_reid_features_match_encode_image_and_shapes():
     b = make()
     x = torch.randn(3, 3, 128, 64)
-    f = b.reid_features(x)
+    f = reid_features(b, x)
     assert f.last.shape == (3, 64) and f.final.shape == (3, 64) and f.proj.shape == (3, 64)
     assert torch.allclose(f.proj, b.encode_image(x), atol=1e-6)
     offset = torch.randn(3, 64)
-    assert not torch.allclose(b.reid_features(x, offset).proj, f.proj)
+    assert not torch.allclose(reid_features(b, x, offset).proj, f.proj)
 
 
 def test_non_square_grid_and_bilinear_resize():

@@ -198,7 +198,7 @@ def test_lora_target_that_does_not_exist(tiny_reid_root, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- IQA CSV
 def test_iqa_csv_missing_column_and_non_numeric_mos(tmp_path):
-    from ftclip.data.iqa import load_iqa_dataset
+    from ftclip.tasks.iqa.formats import load_iqa_dataset
     from ftclip.errors import DataError
 
     img = tmp_path / "a.jpg"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftclip.data.iqa import IqaSample, detect_iqa_format, iqa_summary, list_images, load_iqa_dataset
+from ftclip.data.images import list_images
+from ftclip.tasks.iqa.formats import IqaSample, detect_iqa_format, iqa_summary, load_iqa_dataset
 from ftclip.errors import ConfigError, DataError
 
 _JPEG = io.BytesIO()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftclip.data.reid import REID_FORMATS, ReidSample, detect_reid_format, load_reid_dataset
+from ftclip.tasks.reid.formats import REID_FORMATS, ReidSample, detect_reid_format, load_reid_dataset
 from ftclip.errors import ConfigError, DataError
 
 _JPEG = io.BytesIO()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ftclip.data.degradations import DEGRADATION_KINDS, MAX_LEVELS, degrade, degrade_levels, level_strength
+from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS, degrade, degrade_levels, level_strength
 from ftclip.errors import ConfigError, DataError
 
 

@@ -98,7 +98,7 @@ def test_text_features_prompts_and_heads_match_the_run(lora_export):
     module, _, _ = _reference(run.path, torch.zeros(1, 3, 128, 64))  # a fresh load in this process
     text = load_file(str(out / "text_features.safetensors"))
     assert text["id_text_features"].shape == (8, 64)
-    torch.testing.assert_close(text["id_text_features"], module.export_text_features()["id_text_features"],
+    torch.testing.assert_close(text["id_text_features"], module.export_tensors()["text_features"]["id_text_features"],
                                rtol=0, atol=1e-6)
     assert torch.equal(load_file(str(out / "prompts.safetensors"))["ctx"], module.prompts.ctx.detach())
     heads = load_file(str(out / "heads.safetensors"))

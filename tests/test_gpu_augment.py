@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from ftclip.data.gpu_augment import ReidDeviceAugment, build_uint8_cache, cache_nbytes
+from ftclip.tasks.reid.gpu_augment import ReidDeviceAugment, build_uint8_cache, cache_nbytes
 from ftclip.data.images import read_image
-from ftclip.data.transforms import PixelErasing, _INTERPOLATION, apply, reid_train_transform
+from ftclip.data.transforms import PixelErasing, INTERPOLATION, apply, reid_train_transform
 from ftclip.errors import ConfigError
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -173,7 +173,7 @@ def test_uint8_cache_holds_exactly_the_resized_images(tiny_reid_root):
     cache = build_uint8_cache(paths, (64, 32), "bicubic", workers=2)
     assert cache.dtype == torch.uint8 and cache.shape == (6, 3, 64, 32)
     assert cache.numel() == cache_nbytes(6, (64, 32))
-    resize = A.Resize(64, 32, interpolation=_INTERPOLATION["bicubic"])
+    resize = A.Resize(64, 32, interpolation=INTERPOLATION["bicubic"])
     for i, path in enumerate(paths):
         ref = resize(image=read_image(path))["image"].transpose(2, 0, 1)
         assert np.array_equal(cache[i].numpy(), ref)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ftclip.backbone import Backbone
 from ftclip.config import ModelConfig
 from ftclip.errors import ConfigError
-from ftclip.strategies.antonym import AntonymPrompts
+from ftclip.tasks.iqa.antonym import AntonymPrompts
 
 PAIRS = [["Good photo.", "Bad photo."], ["Sharp image.", "Blurry image."]]
 
@@ -53,12 +53,12 @@ def test_zero_shot_features_are_the_plain_prompts_through_the_text_tower(backbon
 def test_frozen_features_are_rebuilt_from_the_weights_not_loaded_from_a_checkpoint(tmp_path):
     from omegaconf import OmegaConf
 
-    from ftclip.tasks.iqa import Schema, build_module
+    from ftclip.tasks.iqa import TASK
 
-    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+    cfg = OmegaConf.merge(OmegaConf.structured(TASK.schema), {
         "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
         "stages": {"q": {"kind": "qualiclip", "train": ["image"]}}})
-    module = build_module(cfg, {})
+    module = TASK.build_module(cfg, {})
     state = module.state_dict()
     assert not any(k.startswith("antonym.") for k in state), "frozen features must not be stored in checkpoints"
     before = module.antonym.positive.clone()

@@ -11,7 +11,7 @@ import torch
 
 from ftclip.cli import main
 from ftclip.recipe import load_recipe
-from ftclip.data.synthetic import write_synthetic_iqa
+from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
 from ftclip.engine import fit
 from ftclip.runs import load_module_from_run
 from ftclip.errors import ConfigError
@@ -72,9 +72,9 @@ def test_qualiclip_trains_only_the_image_tower_and_records_srcc_plcc(qualiclip_r
     from lightning import seed_everything
 
     seed_everything(int(cfg.seed), verbose=False)
-    from ftclip.tasks.iqa import build_module
+    from ftclip.tasks.iqa import TASK
 
-    fresh = build_module(cfg, {})
+    fresh = TASK.build_module(cfg, {})
     changed = _changed(_snapshot(fresh), _snapshot(trained))
     assert changed == {"image"}
 
@@ -105,10 +105,10 @@ def test_mos_stage_trains_only_the_prompt_context(synth, tmp_path):
 
 def test_training_prompts_without_context_tokens_is_a_config_error(synth, tmp_path):
     cfg = load_recipe(REPO / RECIPE, _overrides(synth, tmp_path / "x", "stages.qualiclip.train=[prompts]"))
-    from ftclip.tasks.iqa import build_datamodule
+    from ftclip.tasks.iqa import TASK
 
     with pytest.raises(ConfigError, match="context_tokens"):
-        build_datamodule(cfg)
+        TASK.check_config(cfg)
 
 
 def test_score_reports_and_skips_a_corrupt_file(qualiclip_run, synth, tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_score_reads_an_export_folder_like_the_run(qualiclip_run, synth, tmp_pat
                            "size": list(pre.image_size)}}))
     save_file({k: v.contiguous() for k, v in module.backbone.model.state_dict().items()},
               str(export / "open_clip_model.safetensors"))
-    save_file(module.export_text_features(), str(export / "text_features.safetensors"))
+    save_file(module.export_tensors()["text_features"], str(export / "text_features.safetensors"))
     (export / "ftclip_export.json").write_text(json.dumps({"task": "iqa", **module.backbone.metadata()}))
 
     images = sorted(str(p) for p in (synth / "eval").glob("*.png"))[:4]

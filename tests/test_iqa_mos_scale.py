@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ftclip.tasks.iqa import Schema
+from ftclip.tasks.iqa import TASK
 from ftclip.tasks.iqa.datamodule import IqaDataModule
 
 HEADER = "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD"
 
 
 def _datamodule(root: Path, fmt: str) -> IqaDataModule:
-    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+    cfg = OmegaConf.merge(OmegaConf.structured(TASK.schema), {
         "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
         "data": {"format": fmt, "root": str(root), "check_images": False},
         "strategies": {"antonym": {"context_tokens": 2}},
@@ -69,29 +69,27 @@ def test_koniq_scores_file_mos_is_on_the_1_5_scale(tmp_path):
 ])
 def test_an_unknown_loss_name_is_one_config_error(tmp_path, kind, losses, bad):
     from ftclip.errors import ConfigError
-    from ftclip.tasks.iqa import build_datamodule
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
-    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+    cfg = OmegaConf.merge(OmegaConf.structured(TASK.schema), {
         "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
         "data": {"images": str(folder), "format": "csv", "root": str(tmp_path / "none.csv"), "check_images": False},
         "strategies": {"antonym": {"context_tokens": 2}},
         "stages": {"s": {"kind": kind, "train": ["prompts"], "losses": losses}}})
     with pytest.raises(ConfigError, match=rf"stages\.s\.losses\.{bad}") as err:
-        build_datamodule(cfg)
+        TASK.check_config(cfg)
     assert "\n" not in str(err.value)
 
 
 def test_a_mos_stage_with_every_loss_weight_zero_is_a_config_error(tmp_path):
     from ftclip.errors import ConfigError
-    from ftclip.tasks.iqa import build_datamodule
 
-    cfg = OmegaConf.merge(OmegaConf.structured(Schema), {
+    cfg = OmegaConf.merge(OmegaConf.structured(TASK.schema), {
         "name": "t", "model": {"name": "ftclip-tiny-vit", "image_size": [64, 64]},
         "data": {"format": "csv", "root": str(tmp_path / "none.csv")},
         "strategies": {"antonym": {"context_tokens": 2}},
         "stages": {"s": {"kind": "mos", "train": ["prompts"], "losses": {"mse": 0.0}}}})
     with pytest.raises(ConfigError, match=r"stages\.s\.losses"):
-        build_datamodule(cfg)
+        TASK.check_config(cfg)

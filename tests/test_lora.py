@@ -13,6 +13,7 @@ from torch import nn
 
 from ftclip.backbone import Backbone, Preprocess
 from ftclip.config import LoraConfig, ModelConfig
+from ftclip.tasks.reid.features import reid_features
 from ftclip.errors import ConfigError
 from ftclip.stages import describe_trainable, freeze_for_stage
 from ftclip.strategies.lora import SplitProjectionAttention, apply_lora, merge_lora
@@ -131,7 +132,7 @@ def test_reid_features_with_grad_checkpointing_train_lora(inputs):
     bb.model.set_grad_checkpointing(True)
     bb.train()
     randomize_b(bb.model)
-    bb.reid_features(inputs).proj.pow(2).mean().backward()
+    reid_features(bb, inputs).proj.pow(2).mean().backward()
     grads = {n: p.grad for n, p in bb.model.named_parameters() if p.grad is not None}
     assert {f"model.{n}" for n in grads} == {n for n, _ in bb.parameter_groups()["image.lora"]}
     assert all(g.abs().sum() > 0 for g in grads.values())

@@ -1,4 +1,4 @@
-"""Each loss in ftclip.losses equals a plain reference (explicit loops, numpy, float64)."""
+"""Each loss of the re-ID and IQA tasks equals a plain reference (explicit loops, numpy, float64)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,8 @@ import pytest
 import torch
 
 from ftclip.errors import ConfigError
-from ftclip.losses import (
-    QUALICLIP_MARGIN_CONS,
-    QUALICLIP_MARGIN_RANK,
-    batch_hard_triplet_loss,
-    i2t_loss,
-    id_loss,
-    mos_loss,
-    qualiclip_losses,
-    quality_score,
-    stage1_supcon_loss,
-    supcon_loss,
-)
+from ftclip.tasks.iqa.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses, quality_score
+from ftclip.tasks.reid.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss, supcon_loss
 
 ATOL = 1e-6
 

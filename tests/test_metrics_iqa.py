@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from ftclip.errors import FtclipError
-from ftclip.metrics.iqa import evaluate_iqa, plcc, plcc_logistic, srcc
+from ftclip.tasks.iqa.metrics import evaluate_iqa, plcc, plcc_logistic, srcc
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -47,7 +47,7 @@ def test_plcc_logistic_fits_a_monotone_nonlinearity() -> None:
 
 
 def test_plcc_logistic_falls_back_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ftclip.metrics.iqa as iqa
+    import ftclip.tasks.iqa.metrics as iqa
 
     def failing_fit(*args, **kwargs):
         raise RuntimeError("Optimal parameters not found")

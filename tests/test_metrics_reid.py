@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ftclip.errors import FtclipError
-from ftclip.metrics.reid import cmc_map_from_distances, evaluate_reid
+from ftclip.tasks.reid.metrics import cmc_map_from_distances, evaluate_reid
 
 
 def reference_cmc_map(

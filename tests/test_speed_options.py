@@ -1,7 +1,7 @@
 """Speed options keep training correct: ``data.device_cache``, ``trainer.compile``, CPU thread count.
 
 * ``data.device_cache=true``: stage 2 trains from the decoded uint8 cache with batched augmentation
-  (ftclip/data/gpu_augment.py); same checkpoint keys as the JPEG path, the PK sampler still decides
+  (ftclip/tasks/reid/gpu_augment.py); same checkpoint keys as the JPEG path, the PK sampler still decides
   the batches, and a batch is the augmentation of exactly the sampled images.
 * ``trainer.compile=true``: both stages run compiled and checkpoints keep their keys (nothing
   replaced or wrapped in the module tree).
@@ -106,7 +106,7 @@ def test_compile_shadows_methods_without_touching_the_module_tree(tiny_reid_root
     names = [n for n, _ in module.named_modules()]
     module.compile_towers()
     module.compile_towers()  # idempotent
-    assert "reid_features" in vars(module.backbone) and "encode_text_embeddings" in vars(module.backbone)
+    assert "_reid_features" in vars(module) and "encode_text_embeddings" in vars(module.backbone)
     assert list(module.state_dict()) == keys and [n for n, _ in module.named_modules()] == names
 
 
@@ -128,7 +128,7 @@ def test_vit_attention_runs_through_pytorch_sdpa(tiny_reid_root, tmp_path, monke
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
     module.train()
-    feats = module.backbone.reid_features(torch.randn(2, 3, *cfg.model.image_size))
+    feats = module.features(torch.randn(2, 3, *cfg.model.image_size), None)
     (feats.proj.sum() + feats.last.sum()).backward()
     assert len(calls) == len(module.backbone.visual.transformer.resblocks)
     text = module.prompts.text_features(module.backbone, torch.tensor([0, 1]))

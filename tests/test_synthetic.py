@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from ftclip.data.images import check_images, read_image
-from ftclip.data.iqa import list_images, load_iqa_dataset
-from ftclip.data.reid import load_reid_dataset
-from ftclip.data.synthetic import write_synthetic_iqa, write_synthetic_reid
+from ftclip.data.images import list_images
+from ftclip.tasks.iqa.formats import load_iqa_dataset
+from ftclip.tasks.reid.formats import load_reid_dataset
+from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
+from ftclip.tasks.reid.synthetic import write_synthetic_reid
 from ftclip.errors import FtclipError
 
 _REID = dict(
@@ -106,7 +108,7 @@ def test_reid_raw_pixels_are_not_enough(tmp_path: Path) -> None:
 
 
 def test_iqa_deterministic_and_loadable(tmp_path: Path) -> None:
-    pytest.importorskip("ftclip.data.degradations")
+    pytest.importorskip("ftclip.tasks.iqa.degradations")
     kwargs = dict(num_pristine=3, num_eval=2, size=(32, 32), levels=3, kinds=("blur", "noise"))
     root = write_synthetic_iqa(tmp_path / "a", **kwargs)
     assert _tree(root) == _tree(write_synthetic_iqa(tmp_path / "b", **kwargs))
@@ -127,7 +129,7 @@ def test_iqa_deterministic_and_loadable(tmp_path: Path) -> None:
 
 
 def test_pristine_images_have_texture_and_edges(tmp_path: Path) -> None:
-    pytest.importorskip("ftclip.data.degradations")
+    pytest.importorskip("ftclip.tasks.iqa.degradations")
     root = write_synthetic_iqa(tmp_path / "p", num_pristine=4, num_eval=0, size=(48, 48))
     for path in list_images(root / "pristine"):
         img = read_image(path).astype(float).mean(axis=2)

@@ -1,33 +1,17 @@
 """Export a trained run as artifacts that load without ftclip, verified by a round trip.
 
-:func:`export_run` writes (see docs/export.md)::
+:func:`export_run` writes the folder described in :mod:`ftclip.artifacts.layout` (see
+docs/export.md). Everything is written into a temporary folder beside ``out`` and renamed into
+place only after verification: the weights are reloaded by plain open_clip into a fresh model,
+whose ``encode_image`` (and the task feature) must match the trained model within 1e-5
+(float32), and each ONNX file must match torch within 1e-4 under onnxruntime. A mismatch fails
+the export with the figures and leaves any previous export untouched.
 
-    <out>/
-      open_clip_model.safetensors   the whole open_clip model (LoRA merged), stock open_clip keys
-      open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": ...} for create_model('local-dir:<out>')
-      ftclip_export.json            model name, image size, mean/std, feature, recipe + hash, metrics, versions
-      text_features.safetensors     the task's text side (re-ID: id_text_features; IQA: positive/negative, logit_scale)
-      prompts.safetensors           learned prompt token vectors (if the task learns prompts)
-      heads.safetensors             task heads (re-ID: BNNecks, classifiers, SIE)
-      README.md                     model card
-      image_encoder.onnx[.data]     with --format onnx; text_encoder.onnx[.data] where the task needs it
-
-Everything is written into a temporary folder beside ``out`` and renamed into place only
-after verification: the weights are reloaded by plain open_clip into a fresh model, whose
-``encode_image`` (and the task feature) must match the trained model within 1e-5 (float32),
-and each ONNX file must match torch within 1e-4 under onnxruntime. A mismatch fails the
-export with the figures and leaves any previous export untouched.
-
-Task modules take part through optional hooks (all return CPU tensors / JSON-able values):
-
-* ``export_info() -> dict``: at least ``{"feature": "proj" | "final" | "final+proj"}`` (the
-  feature the task evaluates with), plus anything worth recording (templates, prompt texts);
-* ``export_text_features() -> dict[str, Tensor]``, ``export_prompts() -> dict[str, Tensor]``,
-  ``export_heads() -> dict[str, Tensor]``: the contents of the three safetensors files;
-* ``EXPORT_TEXT_ENCODER`` (class attribute, default True): whether ONNX export includes the
-  text encoder (re-ID sets False: its text side is the fixed per-ID features);
-* ``embed(images) -> Tensor``: if present, its L2-normalised output is compared with the same
-  feature computed from the reloaded open_clip model.
+Tasks take part through the hooks of the task contract (ftclip/tasks/base.py):
+``export_info()`` (at least the ``feature`` the task evaluates with), ``export_tensors()`` (the
+contents of the text-feature / prompt / head files), ``embed(images)`` (compared with the same
+feature computed from the reloaded open_clip model), ``export_text_encoder`` (whether ONNX export
+includes the text encoder) and ``model_card(meta)`` (the task's section of the model card).
 """
 
 from __future__ import annotations
@@ -47,8 +31,8 @@ from torch import nn
 
 from ftclip.version import __version__
 from ftclip.artifacts.inference import ImageEncoder, load_open_clip_export, select_feature
-from ftclip.artifacts.layout import (EXPORT_META, FEATURES, HEADS, MODEL_CARD, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS,
-                                     PROMPTS, TEXT_FEATURES)
+from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CARD, OPEN_CLIP_CONFIG,
+                                     OPEN_CLIP_WEIGHTS, TENSOR_FILES, TEXT_ONNX)
 from ftclip.config import EXPORT_FORMATS
 from ftclip.errors import FtclipError
 from ftclip.recipe import config_hash, to_yaml
@@ -208,12 +192,12 @@ def export_onnx(model: nn.Module, directory: Path, image_size: tuple[int, int], 
     report: dict[str, Any] = {}
     encoder = ImageEncoder(model.visual).eval()
     names = ["image_features", "final_features"] if encoder.has_final else ["image_features"]
-    path = directory / "image_encoder.onnx"
+    path = directory / IMAGE_ONNX
     _onnx_export(encoder, fixed_images(image_size, 2, seed=1), path, "image", names)
     check = fixed_images(image_size, ONNX_VERIFY_BATCH, seed=2)
     with torch.no_grad():
         expected = encoder(check)
-    report["image_encoder.onnx"] = {"inputs": {"image": ["batch", 3, *image_size]}, "outputs": names,
+    report[IMAGE_ONNX] = {"inputs": {"image": ["batch", 3, *image_size]}, "outputs": names,
                                     "max_abs_diff": _onnx_check(path, check, expected, names)}
     if text:
         import open_clip
@@ -221,13 +205,13 @@ def export_onnx(model: nn.Module, directory: Path, image_size: tuple[int, int], 
         length = int(getattr(model, "context_length", 77))
         tokenizer = open_clip.get_tokenizer(model_name, context_length=length)
         wrapper = _TextEncoder(model).eval()
-        path = directory / "text_encoder.onnx"
+        path = directory / TEXT_ONNX
         _onnx_export(wrapper, tokenizer(["a photo.", "a good photo of a thing."]), path,
                      "tokens", ["text_features"])
         check = tokenizer(["Good photo.", "Bad photo.", "a blurry picture of a dog."])
         with torch.no_grad():
             expected = (wrapper(check),)
-        report["text_encoder.onnx"] = {"inputs": {"tokens": ["batch", length]}, "outputs": ["text_features"],
+        report[TEXT_ONNX] = {"inputs": {"tokens": ["batch", length]}, "outputs": ["text_features"],
                                        "max_abs_diff": _onnx_check(path, check, expected, ["text_features"])}
     return report
 
@@ -248,7 +232,7 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(meta: dict, cfg) -> str:
+def model_card(meta: dict, cfg, task_section: str = "") -> str:
     h, w = meta["image_size"]
     data = cfg.get("data", {})
     data_desc = ", ".join(f"{k}={data[k]}" for k in ("format", "root", "images", "csv") if data.get(k) not in (None, ""))
@@ -257,31 +241,6 @@ def model_card(meta: dict, cfg) -> str:
     feature = meta["feature"]
     lora = meta.get("lora_merged")
     files = "\n".join(f"- `{name}`" + (f": {desc}" if desc else "") for name, desc in meta["files"].items())
-    reid_snippet = ""
-    if feature in ("final", "final+proj"):
-        reid_snippet = f"""
-The task feature `{feature}` also needs the class token *before* the projection. With plain open_clip:
-
-```python
-import torch, torch.nn.functional as F
-
-@torch.no_grad()
-def task_feature(model, images):              # images: preprocess(...) outputs stacked, [B, 3, {h}, {w}]
-    visual = model.visual
-    proj, visual.proj = visual.proj, None     # without the projection, encode_image returns ln_post(class token)
-    try:
-        final = model.encode_image(images)
-    finally:
-        visual.proj = proj
-    parts = {{"final": [final], "final+proj": [final, final @ proj]}}["{feature}"]
-    return F.normalize(torch.cat(parts, dim=1), dim=1)
-```
-"""
-    sie_note = ""
-    if meta.get("sie"):
-        sie_note = ("\nThis run used camera embeddings (SIE) during evaluation; they are in `heads.safetensors` "
-                    "(`sie.weight`, times the coefficient, added to the class token). The exported encoder and "
-                    "`ftclip embed` compute features without them.\n")
     task_details = "".join(f"- {key}: `{json.dumps(value)}`\n" for key, value in meta.get("task_info", {}).items())
     task_details = task_details or "_None recorded._\n"
     return f"""# {meta['name']} — ftclip export
@@ -317,7 +276,7 @@ model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
 ```
 
 `model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
-{reid_snippet}{sie_note}
+{task_section}
 ## Task details
 
 {task_details}
@@ -372,9 +331,10 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``."""
     formats = check_formats(formats)
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FtclipError(f"{run_dir} is not an ftclip run directory (no config.yaml); give the folder `ftclip fit` made")
     run = RunDir(run_dir)
+    if not run.config_path.is_file():
+        raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
+                          "give the folder `ftclip fit` made")
     if run.final_checkpoint() is None:
         raise FtclipError(f"run {run_dir} has no completed stage with a checkpoint; nothing to export. "
                           f"Train it first (ftclip fit), or finish it with `ftclip fit --resume {run_dir}`")
@@ -386,8 +346,8 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     backbone = module.backbone
     meta = dict(backbone.metadata())
     meta["open_clip_interpolation"] = open_clip_config(backbone)["preprocess_cfg"]["interpolation"]
-    info = dict(module.export_info()) if hasattr(module, "export_info") else {}
-    feature = str(info.get("feature", "proj"))
+    info = dict(module.export_info())
+    feature = str(info.get("feature"))
     if feature not in FEATURES:
         raise FtclipError(f"task '{cfg.task}' reports export feature '{feature}', not one of {', '.join(FEATURES)}")
 
@@ -395,10 +355,12 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     images = fixed_images(backbone.preprocess.image_size)
     with torch.no_grad():
         ref_proj = backbone.encode_image(images).float()
-        ref_task = module.embed(images).float() if hasattr(module, "embed") else None
-        text_features = module.export_text_features() if hasattr(module, "export_text_features") else {}
-        prompts = module.export_prompts() if hasattr(module, "export_prompts") else {}
-        heads = module.export_heads() if hasattr(module, "export_heads") else {}
+        ref_task = module.embed(images).float()
+        tensors = module.export_tensors()
+    unknown = sorted(set(tensors) - set(TENSOR_FILES))
+    if unknown:
+        raise FtclipError(f"task '{cfg.task}' exports tensors of unknown kind(s) {unknown}; "
+                          f"known: {', '.join(TENSOR_FILES)}")
     lora_merged = False
     if getattr(module, "lora_summary", None) is not None and module.lora_summary.targets:
         from ftclip.strategies.lora import merge_lora
@@ -426,9 +388,8 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
                                         "encoder_vs_encode_image_max_abs_diff": _max_diff(outputs[0], got_proj)}
         checks = [("encode_image", verification["encode_image_max_abs_diff"], ref_proj),
                   ("image encoder (proj output)", verification["encoder_vs_encode_image_max_abs_diff"], got_proj)]
-        if ref_task is not None:
-            verification[f"feature_{feature}_max_abs_diff"] = _max_diff(select_feature(outputs, feature), ref_task)
-            checks.append((f"task feature '{feature}'", verification[f"feature_{feature}_max_abs_diff"], ref_task))
+        verification[f"feature_{feature}_max_abs_diff"] = _max_diff(select_feature(outputs, feature), ref_task)
+        checks.append((f"task feature '{feature}'", verification[f"feature_{feature}_max_abs_diff"], ref_task))
         bad = [(name, diff, _tolerance(ref, TOLERANCE)) for name, diff, ref in checks if not diff < _tolerance(ref, TOLERANCE)]
         if bad:
             figures = "; ".join(f"{name}: max abs diff {diff:.3g} (tolerance {tol:.3g})" for name, diff, tol in bad)
@@ -443,23 +404,18 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             OPEN_CLIP_CONFIG: "open_clip model + preprocessing config (local-dir: loading)",
             EXPORT_META: "what this export is (model, preprocessing, feature, recipe, metrics, versions)",
         }
-        if text_features:
-            _save_tensors(tmp / TEXT_FEATURES, text_features)
-            files[TEXT_FEATURES] = ", ".join(f"{k} {list(v.shape)}" for k, v in text_features.items())
-        if prompts:
-            _save_tensors(tmp / "prompts.safetensors", prompts)
-            files["prompts.safetensors"] = ", ".join(f"{k} {list(v.shape)}" for k, v in prompts.items())
-        if heads:
-            _save_tensors(tmp / "heads.safetensors", heads)
-            files["heads.safetensors"] = ", ".join(f"{k} {list(v.shape)}" for k, v in heads.items())
+        for kind, name in TENSOR_FILES.items():
+            if tensors.get(kind):
+                _save_tensors(tmp / name, tensors[kind])
+                files[name] = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors[kind].items())
         if "onnx" in formats:
-            text = bool(getattr(module, "EXPORT_TEXT_ENCODER", True))
+            text = bool(module.export_text_encoder)
             verification["onnx"] = export_onnx(fresh, tmp, tuple(backbone.preprocess.image_size), text,
                                              backbone.name)
             for name, entry in verification["onnx"].items():
                 data = " (+ .data weights beside it)" if (tmp / f"{name}.data").exists() else ""
                 files[name] = f"inputs {entry['inputs']}, outputs {entry['outputs']}{data}"
-        files["README.md"] = "model card"
+        files[MODEL_CARD] = "model card"
 
         metrics = run.metrics()
         meta.update({
@@ -481,10 +437,9 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "files": files,
             "task_info": info,
         })
-        meta["sie"] = bool(info.get("sie", False))
         meta["open_clip_one_liner"] = one_liner(meta, str(out.resolve()))
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(meta, cfg), encoding="utf-8")
+        (tmp / MODEL_CARD).write_text(model_card(meta, cfg, module.model_card(meta)), encoding="utf-8")
         mask = os.umask(0)
         os.umask(mask)
         for file in tmp.iterdir():  # mkdtemp/safetensors create owner-only files: give them the usual mode

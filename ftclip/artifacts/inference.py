@@ -1,28 +1,29 @@
-"""Load a run directory or an export for inference, and feed images through it.
+"""The one inference path: load a run directory or an export, read inputs, feed images through it.
 
-This is the one place inference commands (``ftclip embed``, ``ftclip score``, ...) get a model::
+Every inference command (``ftclip embed``, ``ftclip score``, ...) goes through here::
 
-    from ftclip.inference import load_for_inference, collect_images, iter_image_batches
+    from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference
 
     inf = load_for_inference("exports/reid")          # or a run directory; device="cuda"
-    paths = collect_images(["photos/", "more.csv"])   # files, folders (recursive), CSV lists
-    for batch_paths, images in iter_image_batches(paths, inf.preprocess, batch_size=64, on_bad=print):
+    inputs = collect_inputs(["photos/", "more.csv"])  # files, folders (recursive), CSV lists
+    for batch_paths, images in iter_image_batches(inputs.paths, inf.preprocess, batch_size=64, on_bad=print):
         feats = inf.encode(images)                    # [B, D], L2-normalised task feature
-    inf.text_features()   # dict of tensors: re-ID {"id_text_features"}, IQA {"positive", "negative", "logit_scale"}
-    inf.meta              # model name, image size, mean/std, interpolation, task, feature, ...
+        scores = inf.score(images)                    # tasks with a score (IQA): [B]
+    inf.tensors()   # the task's tensors by kind: {"text_features": {...}, "prompts": {...}, "heads": {...}}
+    inf.meta        # model name, image size, mean/std, interpolation, task, feature, ...
 
-``inf.encode(images, feature="proj")`` returns one of :data:`FEATURES`: ``proj`` is
-open_clip's ``encode_image``; ``final`` is the class token after ``ln_post`` before the
-projection (ViTs); ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
+``inf.encode(images, feature="proj")`` returns one of :data:`~ftclip.artifacts.layout.FEATURES`:
+``proj`` is open_clip's ``encode_image``; ``final`` is the class token after ``ln_post`` before
+the projection (ViTs); ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
 L2-normalised (``normalize=False`` for raw features).
 
-A run directory is loaded through :func:`ftclip.engine.load_module_from_run` (its last
-completed stage; LoRA stays unmerged, which is numerically the same model); an export is
-loaded with plain open_clip (``create_model('local-dir:<export>')``), as a user without
-ftclip would. Both go through :class:`ImageEncoder`, so a run and its export give the same
-features (the export is verified to < 1e-5 when written). Images are preprocessed like
-ftclip's evaluation (resize to the model's height x width, normalise); camera embeddings
-(SIE) are not applied, as inference has no camera ids.
+A run directory is loaded through :func:`ftclip.runs.load_module_from_run` (its last completed
+stage; LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
+open_clip (``create_model('local-dir:<export>')``), as a user without ftclip would. Both go through
+:class:`ImageEncoder`, and the task's own heads (``Task.score``, ``Task.predict``) read the same
+tensors an export stores, so a run and its export give the same results (the export is verified
+to < 1e-5 when written). Images are preprocessed like ftclip's evaluation (resize to the model's
+height x width, normalise); camera embeddings (SIE) are not applied, as inference has no camera ids.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,9 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftclip.artifacts.layout import EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TEXT_FEATURES
+from ftclip.artifacts.layout import EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TENSOR_FILES
+from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
+from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
 from ftclip.runs import RunDir, load_module_from_run
+from ftclip.tasks import get_task
 
 
 class ImageEncoder(nn.Module):
@@ -89,7 +94,7 @@ def select_feature(outputs: tuple[torch.Tensor, ...], feature: str, normalize: b
 
 @dataclass
 class InferenceModel:
-    """A loaded run or export: ``encode`` images, ``preprocess`` files, ``text_features``, ``meta``."""
+    """A loaded run or export: ``encode`` / ``score`` / ``predict`` images, ``preprocess`` files, ``meta``."""
 
     model: nn.Module  # the open_clip model (CLIP / CustomTextCLIP)
     meta: dict[str, Any]
@@ -99,9 +104,14 @@ class InferenceModel:
     module: Any = None  # the task LightningModule (run directories only)
     encoder: ImageEncoder = field(init=False)
     _transform: Any = field(init=False, default=None, repr=False)
+    _tensors: dict | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         self.encoder = ImageEncoder(self.model.visual).eval()
+
+    @property
+    def task(self):
+        return get_task(str(self.meta.get("task")))
 
     @property
     def feature(self) -> str:
@@ -126,30 +136,43 @@ class InferenceModel:
         feature = feature or self.feature
         return select_feature(self.encoder(images.to(self.device, torch.float32)), feature, normalize)
 
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """The task's score of each image ``[B]`` (IQA: quality in [0, 1])."""
+        return self.task.score(self.encode(images, "proj", normalize=False), self.tensors(), self.meta)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The task's class logits ``[B, C]`` (classification tasks)."""
+        return self.task.predict(self.encode(images, "proj", normalize=False), self.tensors(), self.meta)
+
     def preprocess(self, path: str | Path) -> torch.Tensor:
         """An image file -> ``[3, H, W]`` float tensor (ftclip's evaluation transform); DataError if unreadable."""
-        from ftclip.data.images import read_image
-        from ftclip.data.transforms import apply, eval_transform
-
         if self._transform is None:
             self._transform = eval_transform(self.image_size, self.meta["mean"], self.meta["std"],
                                              interpolation=str(self.meta.get("interpolation", "bicubic")))
         return apply(self._transform, read_image(path))
 
-    def text_features(self) -> dict[str, torch.Tensor]:
-        """The task's learned/fixed text side (what ``text_features.safetensors`` of an export holds)."""
-        if self.source == "export":
-            file = self.path / TEXT_FEATURES
-            if not file.is_file():
-                return {}
-            from safetensors.torch import load_file
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The task's tensors by kind, on the model's device: what the export's safetensors files hold."""
+        if self._tensors is None:
+            if self.source == "export":
+                self._tensors = {kind: _read_tensors(self.path / name, self.device)
+                                 for kind, name in TENSOR_FILES.items() if (self.path / name).is_file()}
+            else:
+                with torch.no_grad():
+                    self._tensors = {kind: {k: v.to(self.device) for k, v in values.items()}
+                                     for kind, values in self.module.export_tensors().items()}
+        return self._tensors
 
-            return load_file(str(file), device=str(self.device))
-        hook = getattr(self.module, "export_text_features", None)
-        if hook is None:
-            return {}
-        with torch.no_grad():
-            return {k: v.to(self.device) for k, v in hook().items()}
+
+def _read_tensors(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file), device=str(device))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise FtclipError(f"{file} cannot be read ({type(exc).__name__}: {exc}); re-export the run") from None
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -165,16 +188,16 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def path_kind(path: str | Path) -> str:
-    """``"export"`` (has ftclip_export.json) or ``"run"`` (has config.yaml); FtclipError otherwise."""
+    """``"export"`` (has ftclip_export.json) or ``"run"`` (a run directory); FtclipError otherwise."""
     path = Path(path)
     if not path.exists():
         raise FtclipError(f"{path} does not exist; give an ftclip run directory or an export folder")
     if path.is_dir() and (path / EXPORT_META).is_file():
         return "export"
-    if path.is_dir() and (path / "config.yaml").is_file():
+    if path.is_dir() and RunDir(path).config_path.is_file():
         return "run"
-    raise FtclipError(f"{path} is neither an ftclip run directory (no config.yaml) nor an ftclip export "
-                      f"(no {EXPORT_META}); give the folder `ftclip fit` or `ftclip export` wrote")
+    raise FtclipError(f"{path} is neither an ftclip run directory (no {RunDir(path).config_path.name}) nor an "
+                      f"ftclip export (no {EXPORT_META}); give the folder `ftclip fit` or `ftclip export` wrote")
 
 
 def load_open_clip_export(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -206,6 +229,9 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise FtclipError(f"{meta_file} is not readable JSON ({exc}); re-export the run") from None
+        missing = [k for k in ("task", "image_size", "mean", "std") if k not in meta]
+        if missing:
+            raise FtclipError(f"{meta_file} lacks {', '.join(missing)}; re-export the run with `ftclip export`")
         model = load_open_clip_export(path, dev)
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
 
@@ -214,63 +240,78 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
     module = module.to(dev).eval()
     meta = dict(module.backbone.metadata())
     meta["task"] = str(cfg.task)
-    hook = getattr(module, "export_info", None)
-    meta.update(hook() if hook else {})
-    meta.setdefault("feature", "proj")
+    meta.update(module.export_info())
     return InferenceModel(model=module.backbone.model, meta=meta, device=dev, source="run", path=path,
                           module=module)
 
 
-# ---------------------------------------------------------------------------------------- images
-def _csv_paths(csv_file: Path) -> list[Path]:
-    """A CSV list of images: the ``path`` column if there is a header with one, else the first column.
-    Relative paths are taken relative to the CSV file's folder."""
+# ---------------------------------------------------------------------------------------- inputs
+@dataclass
+class Inputs:
+    """Image paths in order (duplicates dropped) and any other columns their CSV lists gave, by path."""
+
+    paths: list[Path] = field(default_factory=list)
+    columns: dict[str, dict[Path, str]] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def column(self, name: str) -> dict[Path, str]:
+        return self.columns.get(name, {})
+
+
+def _read_list(csv_file: Path, out: Inputs) -> None:
+    """A CSV list of images: the ``path`` column if the header has one; else the first column, whose
+    first row is a header unless it names an image file. Relative paths are against the CSV's folder;
+    with a header, the other columns are kept (e.g. ``mos``, ``label``)."""
     try:
-        with open(csv_file, newline="", encoding="utf-8") as fh:
+        with open(csv_file, newline="", encoding="utf-8-sig") as fh:
             rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"image list {csv_file} cannot be read ({exc})") from None
     if not rows:
         raise DataError(f"image list {csv_file} is empty: write one image path per line (or a 'path' column)")
     header = [cell.strip().lower() for cell in rows[0]]
-    column = 0
+    names: list[str] = []
     if "path" in header:
-        column, rows = header.index("path"), rows[1:]
-    elif header and header[0] in ("image", "file", "filename", "image_path", "img"):
-        rows = rows[1:]
-    out = []
-    for row in rows:
+        column, body, names = header.index("path"), rows[1:], header
+    elif os.path.splitext(header[0])[1] in IMAGE_EXTENSIONS:
+        column, body = 0, rows
+    else:
+        column, body, names = 0, rows[1:], header
+    for row in body:
         value = row[column].strip() if column < len(row) else ""
-        if value:
-            p = Path(value).expanduser()
-            out.append(p if p.is_absolute() else csv_file.parent / p)
-    return out
+        if not value:
+            continue
+        p = Path(value).expanduser()
+        p = Path(os.path.normpath(p if p.is_absolute() else csv_file.parent / p))
+        out.paths.append(p)
+        for i, name in enumerate(names):
+            if i != column and i < len(row) and name:
+                out.columns.setdefault(name, {}).setdefault(p, row[i].strip())
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
+def collect_inputs(items: list[str | Path]) -> Inputs:
     """Image files, folders (searched recursively, sorted) and ``.csv`` lists -> image paths, in order.
 
-    A missing input, or no image found at all, is a DataError naming it.
+    A missing input or a folder without images is a DataError naming it; a path given twice is
+    kept once. Images listed in a CSV are read later: an unreadable one is reported and skipped.
     """
-    from ftclip.data.images import IMAGE_EXTENSIONS
-
-    paths: list[Path] = []
-    for item in inputs:
+    out = Inputs()
+    for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-            if not found:
-                raise DataError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively")
-            paths += found
+            out.paths += [Path(f) for f in list_images(p)]
         elif p.suffix.lower() == ".csv" and p.is_file():
-            paths += _csv_paths(p)
+            _read_list(p, out)
         elif p.exists():
-            paths.append(p)
+            out.paths.append(p)
         else:
             raise DataError(f"input {p} does not exist; give image files, folders or a CSV list of image paths")
-    if not paths:
+    if not out.paths:
         raise DataError("no input images given")
-    return paths
+    seen: set[Path] = set()
+    unique = [p for p in out.paths if not (p in seen or seen.add(p))]
+    out.duplicates, out.paths = len(out.paths) - len(unique), unique
+    return out
 
 
 def iter_image_batches(

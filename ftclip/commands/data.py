@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def synth_reid(args) -> int:
-    from ftclip.data.synthetic import write_synthetic_reid
+    from ftclip.tasks.reid.synthetic import write_synthetic_reid
 
     out = write_synthetic_reid(args.out_dir, num_ids=args.ids, num_cameras=args.cameras,
                                images_per_id_cam=args.per_camera, seed=args.seed, overwrite=args.overwrite)
@@ -40,7 +40,7 @@ def synth_reid(args) -> int:
 
 
 def synth_iqa(args) -> int:
-    from ftclip.data.synthetic import write_synthetic_iqa
+    from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
 
     out = write_synthetic_iqa(args.out_dir, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a synthetic IQA set to {out}")
@@ -50,7 +50,7 @@ def synth_iqa(args) -> int:
 def check_data(args) -> int:
     """Parse, decode every image, report counts and problems; non-zero exit on errors."""
     from ftclip.recipe import load_recipe
-    from ftclip.data.check import check_recipe_data
+    from ftclip.datacheck import check_recipe_data
 
     cfg = load_recipe(args.recipe, list(args.overrides))
     report = check_recipe_data(cfg)

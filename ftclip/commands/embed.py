@@ -74,7 +74,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ftclip.artifacts.inference import collect_images, iter_image_batches, load_for_inference, path_kind
+    from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
 
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -82,7 +82,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise FtclipError(f"--batch-size must be at least 1, got {args.batch_size}")
     path_kind(args.source)
-    paths = collect_images(args.inputs)
+    paths = collect_inputs(args.inputs).paths
     model = load_for_inference(args.source, device=args.device)
     feature = args.feature or model.feature
     model.check_feature(feature)

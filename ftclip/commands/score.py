@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 from ftclip.errors import FtclipError
 
@@ -17,37 +18,42 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|CSV")
     p.add_argument("--out", metavar="CSV", help="write path,score[,mos] rows to this CSV file")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
+    from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
     from ftclip.io import atomic_write
-    from ftclip.tasks.iqa.scoring import collect_inputs, load_scorer, score_paths
+    from ftclip.tasks.iqa.metrics import evaluate_iqa
 
     if args.batch_size < 1:
         raise FtclipError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise FtclipError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
-    scorer = load_scorer(args.source).to(args.device)
+    path_kind(args.source)
     inputs = collect_inputs(list(args.inputs))
-    scores, bad = score_paths(scorer, inputs.paths, batch_size=args.batch_size, device=args.device)
+    model = load_for_inference(args.source, device=args.device)
+    if model.meta.get("task") != "iqa":
+        raise FtclipError(f"{args.source} is a '{model.meta.get('task')}' {model.source}; `ftclip score` scores "
+                          "image quality with an 'iqa' run or export")
+    bad: list[tuple[Path, str]] = []
+    scores: dict[Path, float] = {}
+    for batch_paths, images in iter_image_batches(inputs.paths, model.preprocess, args.batch_size,
+                                                  lambda path, reason: bad.append((path, reason))):
+        for path, value in zip(batch_paths, model.score(images).cpu().tolist()):
+            scores[path] = float(value)
     for path, reason in bad:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
-    rows = [(p, scores[p], inputs.mos.get(p)) for p in inputs.paths if p in scores]
+    mos_column = inputs.column("mos")
+    rows = [(str(p), scores[p], _number(mos_column.get(p))) for p in inputs.paths if p in scores]
     with_mos = any(m is not None for _, _, m in rows)
     if not args.quiet:
         width = max([len("path")] + [len(p) for p, _, _ in rows])
         print(f"{'path':<{width}}  score" + ("     mos" if with_mos else ""))
         for p, s, m in rows:
             print(f"{p:<{width}}  {s:.4f}" + (f"  {m:g}" if with_mos and m is not None else ""))
-    print(f"scored {len(rows)} image(s) with {scorer.source}" + (f"; skipped {len(bad)} unreadable" if bad else ""))
+    print(f"scored {len(rows)} image(s) with {model.source} {args.source}" + (f"; skipped {len(bad)} unreadable" if bad else ""))
     if with_mos and sum(m is not None for _, _, m in rows) >= 2:
-        from ftclip.metrics.iqa import evaluate_iqa
-
         pairs = [(s, m) for _, s, m in rows if m is not None]
         result = evaluate_iqa([s for s, _ in pairs], [m for _, m in pairs])
         print(f"against the CSV's mos column: SRCC {result['srcc']:.4f}  PLCC {result['plcc']:.4f} (no logistic fit)")
@@ -62,3 +68,10 @@ def run(args) -> int:
         atomic_write(args.out, write)
         print(f"wrote {args.out}")
     return 0 if rows else 2
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ftclip.errors import DataError, FtclipError
 
-__all__ = ["IMAGE_EXTENSIONS", "read_image", "check_images"]
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "check_images", "list_images"]
 
 #: File name endings (lower case) treated as images by the loaders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -118,3 +118,30 @@ def check_images(
             "fix or delete them, or set the image check policy to 'skip'"
         )
     return ok, bad
+
+
+def list_images(folder: str | Path, *, recursive: bool = True) -> list[str]:
+    """Absolute paths of the images in ``folder`` (sorted; hidden files skipped).
+
+    Raises :class:`DataError` if the folder is missing or holds no images.
+    """
+    root = Path(folder).expanduser().absolute()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder: check the path")
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        )
+        if not recursive:
+            break
+    if not found:
+        where = "or its subfolders " if recursive else ""
+        raise DataError(
+            f"no images found in {root} {where}(looked for {', '.join(e[1:] for e in IMAGE_EXTENSIONS)}): "
+            "check the path"
+        )
+    return sorted(found)

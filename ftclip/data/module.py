@@ -1,12 +1,15 @@
 """What every task's LightningDataModule shares: stage switching, rank, loaders, preprocessing.
 
-A task's datamodule subclasses :class:`StagedDataModule`, parses its data in ``load()`` and
-builds its loaders with :meth:`eval_loader` (query/gallery/eval sets, sharded by the sampler it
-passes) and :meth:`train_loader` (resumable mid-epoch: the sampler position is saved in every
-checkpoint, see ftclip/data/resume.py).
+A task's datamodule subclasses :class:`StagedDataModule` (part of the task contract,
+ftclip/tasks/base.py), parses its data in :meth:`load` and builds its loaders with
+:meth:`eval_loader` (query/gallery/eval sets, sharded by the sampler it passes) and
+:meth:`train_loader` (resumable mid-epoch: the sampler position is saved in every checkpoint,
+see ftclip/data/resume.py).
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
 
 import lightning as L
 import torch
@@ -15,7 +18,7 @@ from torch.utils.data import DataLoader
 from ftclip.data.resume import ResumableDataLoader, resumable_loader
 
 
-class StagedDataModule(L.LightningDataModule):
+class StagedDataModule(L.LightningDataModule, ABC):
     def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str, stage_kind: str):
         super().__init__()
         self.cfg = cfg
@@ -49,3 +52,22 @@ class StagedDataModule(L.LightningDataModule):
 
     def train_loader(self, dataset, *, workers: int | None = None, **kwargs) -> ResumableDataLoader:
         return resumable_loader(self, dataset, **self._worker_kwargs(workers), **kwargs)
+
+    # ------------------------------------------------------------------ the contract
+    @abstractmethod
+    def load(self):
+        """Parse the data set(s) and decode every image once (``data.on_bad_image``); idempotent."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """What was loaded, printed before training (a few lines)."""
+
+    @property
+    @abstractmethod
+    def info(self) -> dict:
+        """What the module's shape depends on (e.g. the number of identities); stored in checkpoints."""
+
+    @abstractmethod
+    def check_splits(self) -> dict[str, list[tuple[str, dict]]]:
+        """Every split for ``ftclip data check``: ``{split: [(path, {label: value}), ...]}``; training splits
+        are named ``train``, ``unlabeled`` or ``labeled``, the others are evaluation splits."""

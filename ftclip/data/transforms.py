@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-_INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
+INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
                   "area": cv2.INTER_AREA}
 
 
@@ -67,7 +67,7 @@ def reid_train_transform(size: tuple[int, int], mean, std, *, flip_p: float = 0.
                          erasing_p: float = 0.5, interpolation: str = "bicubic") -> A.Compose:
     h, w = size
     steps: list[A.BasicTransform] = [
-        A.Resize(h, w, interpolation=_INTERPOLATION[interpolation]),
+        A.Resize(h, w, interpolation=INTERPOLATION[interpolation]),
         A.HorizontalFlip(p=flip_p),
     ]
     if pad > 0:
@@ -80,7 +80,7 @@ def reid_train_transform(size: tuple[int, int], mean, std, *, flip_p: float = 0.
 
 def eval_transform(size: tuple[int, int], mean, std, *, interpolation: str = "bicubic") -> A.Compose:
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=_INTERPOLATION[interpolation]),
+    return A.Compose([A.Resize(h, w, interpolation=INTERPOLATION[interpolation]),
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 

@@ -1,13 +1,27 @@
-"""What every task's LightningModule shares: stages, freezing, optimizers, NaN guard.
+"""The task contract: what the engine, ``ftclip data check``, export and inference need from a task.
 
-A task subclasses :class:`StagedModule`, builds its backbone and strategies in ``__init__``,
-lists its parameter groups in :meth:`parameter_groups` and implements ``training_step`` per
-stage kind. The engine calls :meth:`set_stage` before each stage's ``Trainer.fit``.
+A task family is one package under ``ftclip/tasks/<name>/`` that defines
+
+* a :class:`Task` subclass (its ``name``, recipe ``schema``, ``stage_kinds``, loss settings, and
+  how to build its datamodule and module), instantiated once as ``TASK`` in the package's
+  ``__init__.py`` and named in the registry (``ftclip/tasks/__init__.py``);
+* a :class:`StagedModule` subclass (the LightningModule): parameter groups, ``training_step`` per
+  stage kind, validation, and the hooks export and inference call (:meth:`StagedModule.embed`,
+  :meth:`StagedModule.export_info`, :meth:`StagedModule.export_tensors`);
+* a :class:`ftclip.data.module.StagedDataModule` subclass (the LightningDataModule).
+
+Nothing probes a task for optional parts: every hook is declared here, with a default where one
+makes sense. A task class that misses a required part fails when its package is imported, with
+a message naming the part (see :meth:`Task.__init_subclass__`).
 """
 
 from __future__ import annotations
 
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -15,11 +29,96 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from ftclip.backbone import Backbone
-from ftclip.errors import FtclipError
-from ftclip.stages import ParamGroups, build_optimizer, build_scheduler, describe_trainable, freeze_for_stage
+from ftclip.data.module import StagedDataModule
+from ftclip.errors import ConfigError, FtclipError
+from ftclip.stages import (ParamGroups, build_optimizer, build_scheduler, check_stage_losses, describe_trainable,
+                           freeze_for_stage)
 
 
-class StagedModule(L.LightningModule):
+class TaskContractError(TypeError):
+    """A task package does not meet the contract of ftclip/tasks/base.py (a programming error)."""
+
+
+class Task(ABC):
+    """One task family. Subclass it once per task and instantiate it as ``TASK`` in the package."""
+
+    #: the ``task:`` value of its recipes
+    name: ClassVar[str]
+    #: its recipe dataclass (extends :class:`ftclip.config.RecipeBase`)
+    schema: ClassVar[type]
+    #: the values ``stages.<name>.kind`` may take
+    stage_kinds: ClassVar[tuple[str, ...]]
+    #: per stage kind: the keys ``stages.<name>.losses`` may set (weights and other loss settings)
+    loss_settings: ClassVar[Mapping[str, tuple[str, ...]]]
+    #: per stage kind: which of those keys are weights (a stage must give one of them a positive value)
+    loss_weights: ClassVar[Mapping[str, tuple[str, ...]]]
+    #: stage kinds whose module has default weights when a stage sets none
+    default_loss_kinds: ClassVar[tuple[str, ...]] = ()
+    #: its LightningModule and LightningDataModule classes (checked for the contract at import)
+    module_class: ClassVar[type]
+    datamodule_class: ClassVar[type]
+
+    _REQUIRED = ("name", "schema", "stage_kinds", "loss_settings", "loss_weights", "module_class", "datamodule_class")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [attr for attr in cls._REQUIRED if not hasattr(cls, attr)]
+        if missing:
+            raise TaskContractError(f"task class {cls.__qualname__} lacks {', '.join(missing)} "
+                                    "(the task contract, ftclip/tasks/base.py)")
+        for attr, base in (("module_class", StagedModule), ("datamodule_class", StagedDataModule)):
+            klass = getattr(cls, attr)
+            if not (isinstance(klass, type) and issubclass(klass, base)):
+                raise TaskContractError(f"task '{cls.name}': {attr} must be a subclass of {base.__name__}")
+            if inspect.isabstract(klass):
+                gaps = ", ".join(sorted(klass.__abstractmethods__))
+                raise TaskContractError(f"task '{cls.name}': {klass.__name__} does not implement {gaps} "
+                                        "(the task contract, ftclip/tasks/base.py)")
+
+    # ------------------------------------------------------------------ before any work
+    def check_config(self, cfg) -> None:
+        """Checks that need neither data nor model: stage kinds and loss settings (extend, calling super)."""
+        for name, stage in cfg.stages.items():
+            if stage.kind not in self.stage_kinds:
+                raise ConfigError(f"stages.{name}.kind '{stage.kind}' is not a stage of task '{self.name}'; "
+                                  f"choose one of: {', '.join(self.stage_kinds)}")
+        check_stage_losses(cfg.stages, self.loss_settings, self.loss_weights, self.default_loss_kinds)
+
+    # ------------------------------------------------------------------ building
+    @abstractmethod
+    def build_datamodule(self, cfg) -> StagedDataModule:
+        """Parse and check the data (no model yet): bad data fails before any model is built."""
+
+    @abstractmethod
+    def build_module(self, cfg, info: dict) -> "StagedModule":
+        """The module; ``info`` is ``datamodule.info`` (also stored in every checkpoint)."""
+
+    # ------------------------------------------------------------------ ftclip data check
+    def data_warnings(self, cfg, splits: dict[str, list[tuple[str, dict]]]) -> list[str]:
+        """Task-specific warnings of ``ftclip data check`` over ``datamodule.check_splits()``."""
+        return []
+
+    # ------------------------------------------------------------------ inference over runs and exports
+    def score(self, features: torch.Tensor, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> torch.Tensor:
+        """Scores ``[B]`` of image features ``[B, D]`` (``encode_image`` output) with the export's tensors."""
+        raise FtclipError(f"`ftclip score` needs a task with a quality score (iqa); this is a '{self.name}' model")
+
+    def predict(self, features: torch.Tensor, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> torch.Tensor:
+        """Class logits ``[B, C]`` of image features ``[B, D]`` with the export's tensors."""
+        raise FtclipError(f"`ftclip predict` needs a classification task (fewshot); this is a '{self.name}' model")
+
+
+class StagedModule(L.LightningModule, ABC):
+    """What every task's LightningModule shares: stages, freezing, optimizers, NaN guard, the export hooks.
+
+    A task subclasses it, builds its strategies in ``__init__``, lists its parameter groups in
+    :meth:`parameter_groups` and implements ``training_step`` per stage kind. The engine calls
+    :meth:`set_stage` before each stage's ``Trainer.fit``.
+    """
+
+    #: whether an ONNX export includes the text encoder (re-ID: no, its text side is fixed features)
+    export_text_encoder: ClassVar[bool] = True
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -77,16 +176,17 @@ class StagedModule(L.LightningModule):
         """``torch.compile`` the backbone's image and text forward functions, for every stage.
 
         The compiled functions shadow the bound methods on the backbone *instance*
-        (``reid_features``, ``encode_image``, ``encode_text_embeddings``); no submodule is
-        replaced or wrapped, so parameter names, state dicts, checkpoints and exports are
-        exactly those of an uncompiled run. Calling it twice does nothing.
+        (``encode_image``, ``encode_text_embeddings``); no submodule is replaced or wrapped, so
+        parameter names, state dicts, checkpoints and exports are exactly those of an uncompiled
+        run. A task that runs other forward functions compiles them in its override. Calling it
+        twice does nothing.
         """
         backbone = self.backbone
-        if getattr(backbone, "_ftclip_compiled", False):
+        if backbone.compiled:
             return
-        for name in ("reid_features", "encode_image", "encode_text_embeddings"):
+        for name in ("encode_image", "encode_text_embeddings"):
             object.__setattr__(backbone, name, torch.compile(getattr(backbone, name)))
-        object.__setattr__(backbone, "_ftclip_compiled", True)
+        object.__setattr__(backbone, "compiled", True)
 
     def configure_optimizers(self):
         stage = self.stage_cfg
@@ -138,6 +238,27 @@ class StagedModule(L.LightningModule):
             f"step {self.global_step}; training stopped and {kept}. Lower stages.{self.stage_name}.optimizer.lr "
             "in RUN_DIR/config.yaml (or check the data), then `ftclip fit --resume RUN_DIR`"
         )
+
+    # ------------------------------------------------------------------ the hooks export and inference call
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature the task evaluates with, L2-normalised ``[B, D]`` (export checks it against the
+        reloaded open_clip model; ``ftclip embed`` computes it)."""
+
+    @abstractmethod
+    def export_info(self) -> dict[str, Any]:
+        """JSON-able facts for the export manifest: at least ``{"feature": one of artifacts.layout.FEATURES}``."""
+
+    @abstractmethod
+    def export_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The task's tensors an export stores, by kind (``text_features``, ``prompts``, ``heads``; CPU)."""
+
+    def model_card(self, meta: dict) -> str:
+        """The task's section of the export's model card (markdown; may be empty)."""
+        return ""
+
+    def on_stage_end(self, run, stage: str) -> None:
+        """After each evaluation is recorded in the run directory (rank 0 only), e.g. task plots."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ftclip"] = {"stage": self.stage_name, "backbone": self.backbone.metadata(), "info": self.info}

@@ -1,22 +1,78 @@
-"""Image quality assessment with antonym prompts: QualiCLIP-style (``qualiclip``) and CLIP-IQA+-style (``mos``)."""
+"""Image quality assessment with antonym prompts: QualiCLIP-style (``qualiclip``) and CLIP-IQA+-style (``mos``).
+
+The task's folder holds everything IQA: recipe schema, LightningModule and DataModule, data
+formats, losses, metrics, degradations, antonym prompts, plots and the synthetic set.
+"""
 
 from __future__ import annotations
 
+import torch
+
+from ftclip.errors import ConfigError, FtclipError
+from ftclip.tasks.base import Task
 from ftclip.tasks.iqa.datamodule import IqaDataModule
+from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS
+from ftclip.tasks.iqa.losses import MOS_LOSS_KINDS, quality_score
 from ftclip.tasks.iqa.module import IqaModule
-from ftclip.tasks.iqa.schema import STAGE_KINDS, Schema
-
-__all__ = ["Schema", "STAGE_KINDS", "build_datamodule", "build_module"]
+from ftclip.tasks.iqa.schema import Schema
 
 
-def build_datamodule(cfg) -> IqaDataModule:
-    """Parse and check the data (no model yet): bad data or config fails before any model is built."""
-    size = tuple(int(s) for s in cfg.model.image_size)
-    datamodule = IqaDataModule(cfg, size, cfg.model.mean, cfg.model.std, cfg.model.interpolation)
-    datamodule.load()
-    return datamodule
+class IqaTask(Task):
+    name = "iqa"
+    schema = Schema
+    stage_kinds = ("qualiclip", "mos")
+    #: weights and margins per stage kind (see module.py); a stage that sets no weight trains with the defaults
+    loss_settings = {"qualiclip": ("cons", "pos", "neg", "margin_rank", "margin_cons"),
+                     "mos": (*MOS_LOSS_KINDS, "rank_margin")}
+    loss_weights = {"qualiclip": ("cons", "pos", "neg"), "mos": MOS_LOSS_KINDS}
+    default_loss_kinds = ("qualiclip", "mos")
+    module_class = IqaModule
+    datamodule_class = IqaDataModule
+
+    def check_config(self, cfg) -> None:
+        super().check_config(cfg)
+        data = cfg.data
+        if data.on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
+        if not 2 <= int(data.levels) <= MAX_LEVELS:
+            raise ConfigError(f"data.levels must be between 2 and {MAX_LEVELS} (ranking needs 2 levels), got {data.levels}")
+        unknown = [k for k in data.distortions if k not in DEGRADATION_KINDS]
+        if unknown or not data.distortions:
+            raise ConfigError(f"data.distortions {list(data.distortions)} must be a non-empty list of: "
+                              f"{', '.join(DEGRADATION_KINDS)}")
+        if not 0.0 < float(data.min_overlap) <= float(data.max_overlap) <= 1.0:
+            raise ConfigError(f"data.min_overlap / data.max_overlap must satisfy 0 < min <= max <= 1, got "
+                              f"{data.min_overlap} / {data.max_overlap}")
+        if data.mos_range is not None and (len(data.mos_range) != 2 or not data.mos_range[1] > data.mos_range[0]):
+            raise ConfigError(f"data.mos_range must be [low, high] with high > low, got {list(data.mos_range)}")
+        antonym = cfg.strategies.antonym
+        for name, stage in cfg.stages.items():
+            if "prompts" in stage.train and int(antonym.context_tokens) <= 0:
+                raise ConfigError(
+                    f"stages.{name}.train names 'prompts' but strategies.antonym.context_tokens is "
+                    f"{antonym.context_tokens}: set it to the number of learnable context tokens (CLIP-IQA+ uses 16)"
+                )
+
+    def build_datamodule(self, cfg) -> IqaDataModule:
+        self.check_config(cfg)
+        size = tuple(int(s) for s in cfg.model.image_size)
+        datamodule = IqaDataModule(cfg, size, cfg.model.mean, cfg.model.std, cfg.model.interpolation)
+        datamodule.load()
+        return datamodule
+
+    def build_module(self, cfg, info: dict) -> IqaModule:
+        return IqaModule(cfg, info)
+
+    def score(self, features, tensors, meta) -> torch.Tensor:
+        """The antonym quality score from ``encode_image`` features and ``text_features.safetensors``."""
+        text = tensors.get("text_features", {})
+        missing = [k for k in ("positive", "negative") if k not in text]
+        if missing:
+            raise FtclipError(f"the model's text features lack {', '.join(missing)}: an IQA export holds positive "
+                              "[P, D], negative [P, D] and logit_scale in text_features.safetensors; re-export the run")
+        scale = float(text["logit_scale"].item()) if "logit_scale" in text else float(meta.get("logit_scale", 100.0))
+        pos, neg = text["positive"].float(), text["negative"].float()
+        return quality_score(features.float(), pos.to(features.device), neg.to(features.device), scale)
 
 
-def build_module(cfg, info: dict) -> IqaModule:
-    """``info``: ``datamodule.info`` (also stored in checkpoints); the module's shape does not depend on it."""
-    return IqaModule(cfg, info)
+TASK = IqaTask()

@@ -23,27 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ftclip.data.degradations import DEGRADATION_KINDS, MAX_LEVELS, degrade_levels
-from ftclip.data.images import check_images, read_image
-from ftclip.data.iqa import IqaSample, iqa_summary, list_images, load_iqa_dataset
+from ftclip.data.images import check_images, list_images, read_image
 from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import ShardSampler
-from ftclip.data.transforms import _INTERPOLATION, apply, eval_transform
+from ftclip.data.transforms import INTERPOLATION, apply, eval_transform
 from ftclip.errors import ConfigError, DataError
-from ftclip.losses import MOS_LOSS_KINDS
-from ftclip.stages import check_stage_losses
-
-#: What ``stages.<name>.losses`` may set, per stage kind (weights and margins; see module.py),
-#: and which are weights (a stage that sets none of them trains with the defaults).
-STAGE_LOSS_KEYS = {"qualiclip": ("cons", "pos", "neg", "margin_rank", "margin_cons"),
-                   "mos": (*MOS_LOSS_KINDS, "rank_margin")}
-STAGE_LOSS_WEIGHTS = {"qualiclip": ("cons", "pos", "neg"), "mos": MOS_LOSS_KINDS}
-
-#: MOS scale of each format (lo, hi), used when data.mos_range is not given. KonIQ-10k's official
-#: koniq10k_distributions_sets.csv gives MOS on 0-100 (CLIP-IQA+ trains on MOS / 100); its other
-#: file, koniq10k_scores_and_distributions.csv, gives MOS as the mean 1-5 rating (KONIQ_RATING_SCALE).
-MOS_SCALES = {"koniq10k": (0.0, 100.0), "spaq": (0.0, 100.0), "kadid10k": (1.0, 5.0), "livec": (0.0, 100.0)}
-KONIQ_RATING_SCALE = (1.0, 5.0)
+from ftclip.tasks.iqa.degradations import degrade_levels
+from ftclip.tasks.iqa.formats import IqaSample, iqa_summary, load_iqa_dataset, resolve_format
 
 
 @dataclass
@@ -93,7 +79,7 @@ class QualiclipCrops(Dataset):
         self.paths, self.size, self.mean, self.std = paths, size, mean, std
         self.levels, self.kinds = levels, kinds
         self.min_overlap, self.max_overlap = min_overlap, max_overlap
-        self.interpolation = _INTERPOLATION[interpolation]
+        self.interpolation = INTERPOLATION[interpolation]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -157,7 +143,7 @@ def mos_train_transform(size, mean, std, flip_p: float, interpolation: str = "bi
     import albumentations as A
 
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=_INTERPOLATION[interpolation]), A.HorizontalFlip(p=flip_p),
+    return A.Compose([A.Resize(h, w, interpolation=INTERPOLATION[interpolation]), A.HorizontalFlip(p=flip_p),
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 
@@ -174,37 +160,13 @@ class IqaDataModule(StagedDataModule):
     def _kinds(self) -> set[str]:
         return {str(stage.kind) for stage in self.cfg.stages.values()}
 
-    def _check_config(self) -> None:
-        data = self.cfg.data
-        if data.on_bad_image not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
-        if not 1 <= int(data.levels) <= MAX_LEVELS or int(data.levels) < 2:
-            raise ConfigError(f"data.levels must be between 2 and {MAX_LEVELS} (ranking needs 2 levels), got {data.levels}")
-        unknown = [k for k in data.distortions if k not in DEGRADATION_KINDS]
-        if unknown or not data.distortions:
-            raise ConfigError(f"data.distortions {list(data.distortions)} must be a non-empty list of: "
-                              f"{', '.join(DEGRADATION_KINDS)}")
-        if not 0.0 < float(data.min_overlap) <= float(data.max_overlap) <= 1.0:
-            raise ConfigError(f"data.min_overlap / data.max_overlap must satisfy 0 < min <= max <= 1, got "
-                              f"{data.min_overlap} / {data.max_overlap}")
-        if data.mos_range is not None and (len(data.mos_range) != 2 or not data.mos_range[1] > data.mos_range[0]):
-            raise ConfigError(f"data.mos_range must be [low, high] with high > low, got {list(data.mos_range)}")
-        antonym = self.cfg.strategies.antonym
-        check_stage_losses(self.cfg.stages, STAGE_LOSS_KEYS, STAGE_LOSS_WEIGHTS, defaults=tuple(STAGE_LOSS_KEYS))
-        for name, stage in self.cfg.stages.items():
-            if "prompts" in stage.train and int(antonym.context_tokens) <= 0:
-                raise ConfigError(
-                    f"stages.{name}.train names 'prompts' but strategies.antonym.context_tokens is "
-                    f"{antonym.context_tokens}: set it to the number of learnable context tokens (CLIP-IQA+ uses 16)"
-                )
-
     def _synthetic(self) -> Path | None:
         data = self.cfg.data
         if not data.synthetic:
             return None
         root = Path(data.synthetic_dir)
         if not (root / "eval.csv").is_file():
-            from ftclip.data.synthetic import write_synthetic_iqa
+            from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
 
             print(f"writing the synthetic IQA set to {root} (data.synthetic=true)", flush=True)
             write_synthetic_iqa(root, num_pristine=int(data.synthetic_images),
@@ -228,7 +190,6 @@ class IqaDataModule(StagedDataModule):
         """Parse every data set the recipe needs and decode each image once (``data.on_bad_image``)."""
         if self._loaded:
             return
-        self._check_config()
         data = self.cfg.data
         synthetic = self._synthetic()
         kinds = self._kinds()
@@ -247,11 +208,7 @@ class IqaDataModule(StagedDataModule):
                                   "spaq, kadid10k, livec, csv or auto)")
             self.labeled = load_iqa_dataset(data.format, data.root, split=data.split, csv_path=data.csv,
                                             images_dir=data.images_dir)
-            from ftclip.data.iqa import _ALIASES, detect_iqa_format
-
-            fmt = str(data.format).strip().lower()
-            fmt = "csv" if data.csv is not None else _ALIASES.get(fmt, fmt)
-            self.labeled_format = detect_iqa_format(data.root) if fmt == "auto" else fmt
+            self.labeled_format = resolve_format(data.format, data.root, csv_path=data.csv).name
         self.eval_sets = []
         for name in self.cfg.eval.sets:
             sc = self._eval_set_cfg(str(name))
@@ -288,16 +245,14 @@ class IqaDataModule(StagedDataModule):
         return {"eval_sets": [es.name for es in self.eval_sets]}
 
     def mos_range(self) -> tuple[float, float] | None:
+        """What the mos stage maps to [0, 1]: ``data.mos_range``, else the format's scale, else the set's own range."""
         if self.cfg.data.mos_range is not None:
             return tuple(float(v) for v in self.cfg.data.mos_range)  # type: ignore[return-value]
-        if self.labeled_format == "koniq10k":
-            from ftclip.data.iqa import _KONIQ_CSVS
-
-            # the file the loader read: the first of _KONIQ_CSVS that exists
-            if not (Path(self.cfg.data.root).expanduser() / _KONIQ_CSVS[0]).is_file():
-                return KONIQ_RATING_SCALE
-        if self.labeled_format in MOS_SCALES:
-            return MOS_SCALES[self.labeled_format]
+        if self.labeled_format is not None:
+            data = self.cfg.data
+            scale = resolve_format(data.format, data.root, csv_path=data.csv).mos_scale(Path(data.root).expanduser())
+            if scale is not None:
+                return scale
         values = [s.mos for s in self.labeled]
         if not values or max(values) == min(values):
             return None
@@ -348,3 +303,14 @@ class IqaDataModule(StagedDataModule):
         sampler = ShardSampler(len(samples), shuffle=False, rank=rank, world_size=world, pad=False)
         return self.eval_loader(MosImages(samples, transform, None), sampler=sampler,
                             batch_size=int(self.cfg.eval.batch_size))
+
+    def check_splits(self) -> dict[str, list[tuple[str, dict]]]:
+        self.load()
+        out: dict[str, list[tuple[str, dict]]] = {}
+        if self.unlabeled:
+            out["unlabeled"] = [(p, {}) for p in self.unlabeled]
+        if self.labeled:
+            out["labeled"] = [(s.path, {"mos": s.mos}) for s in self.labeled]
+        for es in self.eval_sets:
+            out[f"eval:{es.name}"] = [(s.path, {"mos": s.mos}) for s in es.samples]
+        return out

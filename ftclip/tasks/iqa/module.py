@@ -4,14 +4,14 @@ Stage ``qualiclip`` (QualiCLIP-style, no labels): a batch holds ``crops [B, 2, L
 (two overlapping crops per image, each at L increasing degradation levels). The image encoder
 (``image`` or ``image.lora``) encodes all ``2 B L`` crops; the antonym text features are frozen.
 For each prompt pair the cosine similarities ``sp, sn [B, 2, L]`` go into
-:func:`ftclip.losses.qualiclip_losses`; the terms (``cons``, ``pos``, ``neg``) are averaged over
+:func:`ftclip.tasks.iqa.losses.qualiclip_losses`; the terms (``cons``, ``pos``, ``neg``) are averaged over
 the pairs and weighted by ``stages.<name>.losses`` (default 1 each; ``margin_rank`` /
 ``margin_cons`` override the margins).
 
 Stage ``mos`` (CLIP-IQA+-style): the quality score of each labeled image (antonym prompts with
 the learned shared context, group ``prompts``; the image encoder too if the stage names it)
 against its MOS mapped to [0, 1]: ``losses: {mse: 1.0}`` by default (CLIP-IQA+), or ``rank`` /
-``plcc`` (see :func:`ftclip.losses.mos_loss`; ``rank_margin`` sets the ranking margin).
+``plcc`` (see :func:`ftclip.tasks.iqa.losses.mos_loss`; ``rank_margin`` sets the ranking margin).
 
 Validation: the score of every image of every ``eval.sets`` entry, gathered by index over
 ranks -> SRCC / PLCC per set, logged as ``val/<set>/srcc`` and ``val/<set>/plcc``; the
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ftclip.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses
-from ftclip.metrics.iqa import evaluate_iqa
-from ftclip.strategies.antonym import AntonymPrompts
 from ftclip.tasks.base import StagedModule
+from ftclip.tasks.iqa.antonym import AntonymPrompts
+from ftclip.tasks.iqa.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses
+from ftclip.tasks.iqa.metrics import evaluate_iqa
 
 QUALICLIP_TERMS = ("cons", "pos", "neg")
 MOS_TERMS = ("mse", "rank", "plcc")
@@ -70,14 +70,11 @@ class IqaModule(StagedModule):
                 "context_tokens": 0 if a.context is None else int(a.context.ctx.shape[0]),
                 "score": "mean over pairs of softmax(logit_scale * cos(image, [positive, negative]))[positive]"}
 
-    def export_prompts(self) -> dict[str, torch.Tensor]:
-        if self.antonym.context is None:
-            return {}
-        return {"context": self.antonym.context.ctx.detach().float().cpu().contiguous()}
-
-    def export_text_features(self) -> dict[str, torch.Tensor]:
-        """``positive`` [P, D], ``negative`` [P, D], ``logit_scale`` (for text_features.safetensors)."""
-        return self.antonym.export_features()
+    def export_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``text_features``: ``positive`` [P, D], ``negative`` [P, D], ``logit_scale``; ``prompts``: the learned context."""
+        prompts = {} if self.antonym.context is None else {
+            "context": self.antonym.context.ctx.detach().float().cpu().contiguous()}
+        return {"text_features": self.antonym.export_features(), "prompts": prompts}
 
     def on_fit_start(self) -> None:
         self.antonym.refresh()
@@ -156,14 +153,13 @@ class IqaModule(StagedModule):
                 value = result[key]
                 self.log(f"val/{name}/{key}", float(value), rank_zero_only=False, sync_dist=False)
 
-    def on_stage_end(self, run, stage: str) -> list:
+    def on_stage_end(self, run, stage: str) -> None:
         """Scatter plot (predicted score vs MOS) per eval set -> ``plots/<stage>_<set>_scatter.png``."""
         if not self.cfg.eval.plots or not self.last_predictions:
-            return []
+            return
         if self._trainer is not None and self._trainer.global_rank != 0:
-            return []
+            return
         from ftclip.tasks.iqa.plots import plot_scatter
 
-        return [plot_scatter(run.plots_dir() / f"{stage}_{name}_scatter.png", preds, mos,
-                             title=f"{stage}: {name}")
-                for name, (preds, mos) in self.last_predictions.items()]
+        for name, (preds, mos) in self.last_predictions.items():
+            plot_scatter(run.plots_dir() / f"{stage}_{name}_scatter.png", preds, mos, title=f"{stage}: {name}")

@@ -10,12 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ftclip.io import atomic_write  # noqa: E402
+from ftclip.tasks.iqa.metrics import evaluate_iqa  # noqa: E402
 
 
 def plot_scatter(path: Path, preds: list[float], mos: list[float], title: str = "") -> Path:
     """Scatter of predicted score (y) against MOS (x), with SRCC / PLCC in the title."""
-    from ftclip.metrics.iqa import evaluate_iqa
-
     result = evaluate_iqa(preds, mos)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(mos, preds, s=8, alpha=0.6)

@@ -7,8 +7,6 @@ from typing import Any, Dict, List, Optional
 
 from ftclip.config import EvalConfig, LoraConfig, RecipeBase
 
-STAGE_KINDS = ("qualiclip", "mos")
-
 
 @dataclass
 class IqaDataConfig:

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ftclip.data.images import check_images, read_image
 from ftclip.data.module import StagedDataModule
-from ftclip.data.reid import ReidDataset, ReidSample, load_reid_dataset
 from ftclip.data.samplers import PKBatchSampler, ShardSampler
 from ftclip.data.transforms import apply, eval_transform, reid_train_transform
 from ftclip.errors import ConfigError, FtclipError
+from ftclip.tasks.reid.formats import ReidDataset, ReidSample, load_reid_dataset
 
 
 class ReidImages(Dataset):
@@ -80,7 +80,7 @@ class ReidDataModule(StagedDataModule):
         if data.on_bad_image not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
         if data.synthetic and not Path(data.root).exists():
-            from ftclip.data.synthetic import write_synthetic_reid
+            from ftclip.tasks.reid.synthetic import write_synthetic_reid
 
             print(f"writing the synthetic re-ID set to {data.root} (data.synthetic=true)", flush=True)
             write_synthetic_reid(data.root, num_ids=int(data.synthetic_ids), seed=int(self.cfg.seed))
@@ -98,7 +98,7 @@ class ReidDataModule(StagedDataModule):
                 dataset = ReidDataset(dataset.name, dataset.root,
                                       [s for s in dataset.train if s.path not in skip],
                                       [s for s in dataset.query if s.path not in skip],
-                                      [s for s in dataset.gallery if s.path not in skip])
+                                      [s for s in dataset.gallery if s.path not in skip], dataset.vehicle)
         self.dataset = dataset
         self._check_pk_batches(dataset)
         return dataset
@@ -117,8 +117,7 @@ class ReidDataModule(StagedDataModule):
     @property
     def info(self) -> dict:
         ds = self.load()
-        return {"num_ids": ds.num_train_pids, "num_cameras": ds.num_cameras,
-                "vehicle": self.cfg.data.format == "veri776" or ds.name == "veri776"}
+        return {"num_ids": ds.num_train_pids, "num_cameras": ds.num_cameras, "vehicle": ds.vehicle}
 
     def train_dataloader(self) -> DataLoader:
         ds = self.load()
@@ -140,7 +139,7 @@ class ReidDataModule(StagedDataModule):
     def train_image_cache(self) -> torch.Tensor:
         """``data.device_cache``: every training image decoded and resized once, uint8 [N, 3, H, W] (CPU)."""
         if self._image_cache is None or tuple(self._image_cache.shape[2:]) != tuple(self.size):
-            from ftclip.data.gpu_augment import build_uint8_cache
+            from ftclip.tasks.reid.gpu_augment import build_uint8_cache
 
             paths = [s.path for s in self.load().train]
             self._image_cache = build_uint8_cache(paths, self.size, self.interpolation,
@@ -149,7 +148,7 @@ class ReidDataModule(StagedDataModule):
 
     def device_augment(self):
         """The training augmentation of :meth:`train_dataloader`, batched with torch ops (any device)."""
-        from ftclip.data.gpu_augment import ReidDeviceAugment
+        from ftclip.tasks.reid.gpu_augment import ReidDeviceAugment
 
         d = self.cfg.data
         return ReidDeviceAugment(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad, erasing_p=d.erasing_p)
@@ -173,3 +172,8 @@ class ReidDataModule(StagedDataModule):
 
     def summary(self) -> str:
         return self.load().summary()
+
+    def check_splits(self) -> dict[str, list[tuple[str, dict]]]:
+        ds = self.load()
+        return {name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
+                for name in ("train", "query", "gallery")}

@@ -1,4 +1,4 @@
-"""CLIP-ReID as a LightningModule: stage ``prompts`` then stage ``image`` (see METHODS.md).
+"""CLIP-ReID as a LightningModule: stage ``prompts`` then stage ``image`` (see docs/methods/clip_reid.md).
 
 Stage ``prompts``: both encoders frozen. At fit start the projected image feature of every
 training image (test transform) is computed once and kept on the device; each step takes a
@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ftclip.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss
-from ftclip.metrics.reid import evaluate_reid
-from ftclip.strategies.heads import ReidHead
 from ftclip.strategies.prompts import IdPrompts
 from ftclip.tasks.base import StagedModule
+from ftclip.tasks.reid.features import ReidFeatures, reid_features
+from ftclip.tasks.reid.heads import ReidHead
+from ftclip.tasks.reid.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss
+from ftclip.tasks.reid.metrics import evaluate_reid
 
 DEFAULT_TEMPLATE = "A photo of a X X X X {}."
 
@@ -54,9 +55,17 @@ class ReidModule(StagedModule):
         return groups
 
     # ------------------------------------------------------------------ features
-    def features(self, images: torch.Tensor, camids: torch.Tensor | None):
+    def features(self, images: torch.Tensor, camids: torch.Tensor | None) -> ReidFeatures:
         offset = self.head.sie(camids) if self.head.sie is not None and camids is not None else None
-        return self.backbone.reid_features(images, offset)
+        return self._reid_features(self.backbone, images, offset)
+
+    _reid_features = staticmethod(reid_features)
+
+    def compile_towers(self) -> None:
+        """Also compile the re-ID feature function (``trainer.compile``); see StagedModule.compile_towers."""
+        if not self.backbone.compiled:
+            self._reid_features = torch.compile(reid_features)
+        super().compile_towers()
 
     def embed(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         """The evaluation feature (``eval.feature``), L2-normalised."""
@@ -154,8 +163,8 @@ class ReidModule(StagedModule):
     def triplet_margin(self) -> float:
         return float(self.stage_cfg.losses.get("triplet_margin", 0.3))
 
-    # ------------------------------------------------------------------ export hooks (ftclip/export.py)
-    EXPORT_TEXT_ENCODER = False  # the text side is the fixed per-ID features, not the text tower
+    # ------------------------------------------------------------------ export hooks (the task contract)
+    export_text_encoder = False  # the text side is the fixed per-ID features, not the text tower
 
     def export_info(self) -> dict:
         return {"feature": str(self.cfg.eval.feature), "metric": str(self.cfg.eval.metric),
@@ -164,15 +173,41 @@ class ReidModule(StagedModule):
                 "sie_coefficient": float(self.head.sie.coefficient) if self.head.sie is not None else 0.0}
 
     @torch.no_grad()
-    def export_text_features(self) -> dict[str, torch.Tensor]:
+    def export_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         self.build_id_text_features()
-        return {"id_text_features": self.id_text_features.detach().float().cpu()}
+        return {"text_features": {"id_text_features": self.id_text_features.detach().float().cpu()},
+                "prompts": {"ctx": self.prompts.ctx.detach().cpu()},
+                "heads": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
 
-    def export_prompts(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.prompts.ctx.detach().cpu()}
+    def model_card(self, meta: dict) -> str:
+        """How to compute the re-ID feature (class token before the projection) with plain open_clip."""
+        feature = meta["feature"]
+        h, w = meta["image_size"]
+        text = ""
+        if feature in ("final", "final+proj"):
+            text += f"""
+The task feature `{feature}` also needs the class token *before* the projection. With plain open_clip:
 
-    def export_heads(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
+```python
+import torch, torch.nn.functional as F
+
+@torch.no_grad()
+def task_feature(model, images):              # images: preprocess(...) outputs stacked, [B, 3, {h}, {w}]
+    visual = model.visual
+    proj, visual.proj = visual.proj, None     # without the projection, encode_image returns ln_post(class token)
+    try:
+        final = model.encode_image(images)
+    finally:
+        visual.proj = proj
+    parts = {{"final": [final], "final+proj": [final, final @ proj]}}["{feature}"]
+    return F.normalize(torch.cat(parts, dim=1), dim=1)
+```
+"""
+        if self.head.sie is not None:
+            text += ("\nThis run used camera embeddings (SIE) during evaluation; they are in `heads.safetensors` "
+                     "(`sie.weight`, times the coefficient, added to the class token). The exported encoder and "
+                     "`ftclip embed` compute features without them.\n")
+        return text
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):

@@ -64,10 +64,3 @@ class Schema(RecipeBase):
     data: ReidDataConfig = field(default_factory=ReidDataConfig)
     strategies: ReidStrategies = field(default_factory=ReidStrategies)
     eval: ReidEvalConfig = field(default_factory=ReidEvalConfig)
-
-
-STAGE_KINDS = ("prompts", "image")
-# what stages.<name>.losses may set per stage kind, and which of those are weights
-LOSS_SETTINGS = {"prompts": (), "image": ("id", "triplet", "i2t", "triplet_margin")}
-LOSS_WEIGHTS = {"image": ("id", "triplet", "i2t")}
-VEHICLE_FORMATS = ("veri776",)

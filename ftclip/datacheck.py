@@ -1,19 +1,15 @@
 """``ftclip data check RECIPE``: parse a recipe's data, decode every image, report problems.
 
-Works for any task through its ``build_datamodule(cfg)`` (parsing only: the image check is
-done here so that *every* unreadable file is listed, not just the first). What a data module
-holds is read generically:
-
-* a ``check_splits()`` method returning ``{split name: [(path, {label: value}), ...]}``
-  (a task may define it), else
-* re-ID data modules (``.dataset`` with ``train`` / ``query`` / ``gallery``), else
-* IQA data modules (``.unlabeled``, ``.labeled``, ``.eval_sets``).
+Works for any task through the task contract (ftclip/tasks/base.py): ``task.check_config``,
+``task.build_datamodule(cfg)`` (parsing only: the image check is done here so that *every*
+unreadable file is listed, not just the first), ``datamodule.check_splits()`` (``{split:
+[(path, {label: value}), ...]}``) and ``task.data_warnings`` for what only the task knows.
 
 Errors (non-zero exit): the data set cannot be parsed (missing root, unknown layout, bad CSV,
 empty split, no query/gallery identity in common), unreadable images (zero-byte, corrupt),
 and the same image content in both a training and an evaluation split (leakage).
-Warnings: duplicate files within a split, identities with fewer than K images (sampled with
-replacement by the P x K sampler), query identities with no gallery image from another camera.
+Warnings: duplicate files within a split, and the task's own (re-ID: identities with fewer than K
+images, query identities with no gallery image from another camera).
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ from omegaconf import OmegaConf
 
 from ftclip.data.images import check_images
 from ftclip.errors import FtclipError
+from ftclip.tasks import get_task
 
 _SHOW = 5
 TRAIN_SPLITS = ("train", "unlabeled", "labeled")
@@ -58,27 +55,6 @@ def _few(items) -> str:
     return ", ".join(str(i) for i in items[:_SHOW]) + (f" and {len(items) - _SHOW} more" if len(items) > _SHOW else "")
 
 
-def _splits(datamodule) -> dict[str, list[tuple[str, dict]]]:
-    hook = getattr(datamodule, "check_splits", None)
-    if callable(hook):
-        return hook()
-    ds = getattr(datamodule, "dataset", None)
-    if ds is not None and hasattr(ds, "query") and hasattr(ds, "gallery"):
-        return {name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
-                for name in ("train", "query", "gallery")}
-    if hasattr(datamodule, "eval_sets"):
-        out: dict[str, list[tuple[str, dict]]] = {}
-        if getattr(datamodule, "unlabeled", None):
-            out["unlabeled"] = [(p, {}) for p in datamodule.unlabeled]
-        if getattr(datamodule, "labeled", None):
-            out["labeled"] = [(s.path, {"mos": s.mos}) for s in datamodule.labeled]
-        for es in datamodule.eval_sets:
-            out[f"eval:{es.name}"] = [(s.path, {"mos": s.mos}) for s in es.samples]
-        return out
-    raise FtclipError(f"ftclip data check does not know how to read {type(datamodule).__name__}: "
-                      "give it a check_splits() method")
-
-
 def _hash(path: str) -> str | None:
     digest = hashlib.sha1()
     try:
@@ -106,8 +82,6 @@ def _describe(name: str, items: list[tuple[str, dict]]) -> dict[str, Any]:
 
 def check_recipe_data(cfg) -> DataReport:
     """Parse ``cfg``'s data through its task, decode every image, find duplicates; never trains."""
-    from ftclip.tasks import get_task
-
     report = DataReport()
     task = get_task(str(cfg.task))
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # a copy: the check changes data.*
@@ -115,11 +89,12 @@ def check_recipe_data(cfg) -> DataReport:
     if "check_images" in cfg.data:
         cfg.data.check_images = False  # decoded below, every file, so all bad ones are listed
     try:
+        task.check_config(cfg)
         datamodule = task.build_datamodule(cfg)
     except FtclipError as exc:
         report.errors.append(str(exc))
         return report
-    splits = _splits(datamodule)
+    splits = datamodule.check_splits()
     report.lines.append(f"task {cfg.task}: {datamodule.summary().splitlines()[0]}")
     report.lines.append(f"  {'split':<16}{'images':>8}{'ids':>7}{'cameras':>9}  other")
     for name, items in splits.items():
@@ -164,22 +139,5 @@ def check_recipe_data(cfg) -> DataReport:
         report.warnings.append(f"{sum(len(g) - 1 for g in report.duplicates)} duplicate file(s) within splits: "
                                f"{_few(' = '.join(g) for g in report.duplicates)}")
 
-    # re-ID specifics
-    if {"train", "query", "gallery"} <= set(splits):
-        k = int(cfg.data.get("num_instances", 1) or 1)
-        per_id: dict[Any, int] = defaultdict(int)
-        for _, labels in splits["train"]:
-            per_id[labels["id"]] += 1
-        few = sorted(pid for pid, n in per_id.items() if n < k)
-        if few:
-            report.warnings.append(f"{len(few)} training identities have fewer than K={k} images "
-                                   f"(the P x K sampler repeats their images): ids {_few(few)}")
-        gallery = defaultdict(set)
-        for _, labels in splits["gallery"]:
-            gallery[labels["id"]].add(labels["camera"])
-        lonely = sorted({labels["id"] for _, labels in splits["query"]
-                         if not (gallery.get(labels["id"], set()) - {labels["camera"]})})
-        if lonely:
-            report.warnings.append(f"{len(lonely)} query identities have no gallery image from another camera "
-                                   f"(they do not count in CMC/mAP): ids {_few(lonely)}")
+    report.warnings += task.data_warnings(cfg, splits)
     return report

@@ -30,12 +30,12 @@ from torch import nn
 
 from ftclip.backbone import Backbone
 from ftclip.errors import ConfigError
-from ftclip.losses import quality_score
 from ftclip.strategies.prompts import SharedPrompts
+from ftclip.tasks.iqa.losses import quality_score
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("Good photo.", "Bad photo."),)
 
-#: The 7 pairs of QualiCLIP's released inference model (see METHODS.md).
+#: The 7 pairs of QualiCLIP's released inference model (see docs/methods/qualiclip.md).
 QUALICLIP_PAIRS: tuple[tuple[str, str], ...] = (
     ("Good photo.", "Bad photo."),
     ("Sharp image.", "Blurry image."),

@@ -33,7 +33,7 @@ import albumentations as A
 import torch
 
 from ftclip.data.images import read_image
-from ftclip.data.transforms import _INTERPOLATION
+from ftclip.data.transforms import INTERPOLATION
 from ftclip.errors import ConfigError
 
 __all__ = ["build_uint8_cache", "cache_nbytes", "ReidDeviceAugment"]
@@ -52,14 +52,14 @@ def build_uint8_cache(paths: Sequence[str], size: tuple[int, int], interpolation
     step of the CPU training transform, so the cache holds exactly what that step produces.
     Unreadable files raise :class:`ftclip.errors.DataError` naming the file.
     """
-    if interpolation not in _INTERPOLATION:
-        raise ConfigError(f"interpolation '{interpolation}' is not one of {', '.join(_INTERPOLATION)}")
+    if interpolation not in INTERPOLATION:
+        raise ConfigError(f"interpolation '{interpolation}' is not one of {', '.join(INTERPOLATION)}")
     h, w = (int(s) for s in size)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     out = torch.empty((len(paths), 3, h, w), dtype=torch.uint8, pin_memory=bool(pin_memory))
     view = out.numpy()  # shares memory with ``out``
-    resize = A.Resize(h, w, interpolation=_INTERPOLATION[interpolation])
+    resize = A.Resize(h, w, interpolation=INTERPOLATION[interpolation])
 
     def load(i: int) -> None:
         image = read_image(paths[i])

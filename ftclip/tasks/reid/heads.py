@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ftclip.stages import keep_frozen
+
 
 class BNNeckClassifier(nn.Module):
     """BatchNorm1d with a frozen zero bias, then a bias-free linear classifier (init N(0, 0.001))."""
@@ -12,7 +14,7 @@ class BNNeckClassifier(nn.Module):
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim)
-        self.bn.bias.requires_grad_(False)
+        keep_frozen(self.bn.bias)  # CLIP-ReID: the BNNeck bias is never trained
         nn.init.constant_(self.bn.weight, 1.0)
         nn.init.constant_(self.bn.bias, 0.0)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
