@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the torch 2.13.0 CPU build cannot load the torchvision open_clip imports.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo demo-iqa test test-slow clean
+.PHONY: venv demo demo-iqa test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
+
+lint: venv
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs exports .pytest_cache

@@ -2,7 +2,7 @@
 
     python benchmarks/eval_speed.py [--device cpu|cuda] [--sizes market msmt17] [--out benchmarks/out/eval_speed.json]
 
-Times :func:`ftclip.metrics.reid.evaluate_reid` on random L2-normalised 1280-d features with
+Times :func:`ftclip.tasks.reid.metrics.evaluate_reid` on random L2-normalised 1280-d features with
 Market-1501 (3,368 x 15,913) and MSMT17 (11,659 x 82,161) sized query/gallery sets, identity
 structure, cameras and distractors, against a numpy reference written as the classic evaluation
 loop (distance matrix, argsort, per-query filtering). Where the full reference would not fit in

@@ -102,7 +102,7 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
 
 
-EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/export.py; open_clip is always written
+EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip is always written
 
 
 @dataclass

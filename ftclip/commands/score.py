@@ -33,9 +33,7 @@ def run(args) -> int:
     path_kind(args.source)
     inputs = collect_inputs(list(args.inputs))
     model = load_for_inference(args.source, device=args.device)
-    if model.meta.get("task") != "iqa":
-        raise FtclipError(f"{args.source} is a '{model.meta.get('task')}' {model.source}; `ftclip score` scores "
-                          "image quality with an 'iqa' run or export")
+    model.task.require_output("score", "score")
     bad: list[tuple[Path, str]] = []
     scores: dict[Path, float] = {}
     for batch_paths, images in iter_image_batches(inputs.paths, model.preprocess, args.batch_size,

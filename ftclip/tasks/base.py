@@ -54,6 +54,8 @@ class Task(ABC):
     loss_weights: ClassVar[Mapping[str, tuple[str, ...]]]
     #: stage kinds whose module has default weights when a stage sets none
     default_loss_kinds: ClassVar[tuple[str, ...]] = ()
+    #: what its models compute at inference beyond ``embed``: "score" (:meth:`score`), "predict" (:meth:`predict`)
+    outputs: ClassVar[tuple[str, ...]] = ()
     #: its LightningModule and LightningDataModule classes (checked for the contract at import)
     module_class: ClassVar[type]
     datamodule_class: ClassVar[type]
@@ -99,13 +101,21 @@ class Task(ABC):
         return []
 
     # ------------------------------------------------------------------ inference over runs and exports
+    def require_output(self, output: str, command: str) -> None:
+        """One clear error, before any work, when ``command`` needs an output this task does not compute."""
+        if output not in self.outputs:
+            what = {"score": "a quality score (iqa)", "predict": "class predictions (fewshot)"}.get(output, output)
+            raise FtclipError(f"`ftclip {command}` needs a task with {what}; this is a '{self.name}' model")
+
     def score(self, features: torch.Tensor, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> torch.Tensor:
         """Scores ``[B]`` of image features ``[B, D]`` (``encode_image`` output) with the export's tensors."""
-        raise FtclipError(f"`ftclip score` needs a task with a quality score (iqa); this is a '{self.name}' model")
+        self.require_output("score", "score")
+        raise NotImplementedError(f"task '{self.name}' lists 'score' in its outputs but does not implement score()")
 
     def predict(self, features: torch.Tensor, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> torch.Tensor:
         """Class logits ``[B, C]`` of image features ``[B, D]`` with the export's tensors."""
-        raise FtclipError(f"`ftclip predict` needs a classification task (fewshot); this is a '{self.name}' model")
+        self.require_output("predict", "predict")
+        raise NotImplementedError(f"task '{self.name}' lists 'predict' in its outputs but does not implement predict()")
 
 
 class StagedModule(L.LightningModule, ABC):

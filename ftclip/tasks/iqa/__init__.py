@@ -26,6 +26,7 @@ class IqaTask(Task):
                      "mos": (*MOS_LOSS_KINDS, "rank_margin")}
     loss_weights = {"qualiclip": ("cons", "pos", "neg"), "mos": MOS_LOSS_KINDS}
     default_loss_kinds = ("qualiclip", "mos")
+    outputs = ("score",)
     module_class = IqaModule
     datamodule_class = IqaDataModule
 

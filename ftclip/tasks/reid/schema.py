@@ -27,7 +27,7 @@ class ReidDataConfig:
     pad: int = 10
     erasing_p: float = 0.5
     # stage 2: decode + resize every training image once into a uint8 cache on the device and augment
-    # batches there (ftclip/data/gpu_augment.py): Market-1501 at 256x128 ~1.3 GB; no JPEG/CPU work per step
+    # batches there (ftclip/tasks/reid/gpu_augment.py): Market-1501 at 256x128 ~1.3 GB; no JPEG/CPU work per step
     device_cache: bool = False
 
 
