@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ftclip.errors import ConfigError, DataError
-from ftclip.tasks.fewshot.dassl import DASSL_SETS
+from ftclip.tasks.fewshot.formats.dassl import DASSL_SETS
 from ftclip.tasks.fewshot.formats import LoadOptions, detect_format, load_classification_data
 from ftclip.tasks.fewshot.templates import COOP_TEMPLATES
 

@@ -210,15 +210,16 @@ def apply_classnames_file(data: ClassificationData, path: str | Path) -> Classif
     mapping = read_classnames_file(path)
     missing = [k for k in data.class_keys if k not in mapping]
     extra = sorted(set(mapping) - set(data.class_keys))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"it lacks class(es) {few(repr(k) for k in missing)}")
-        if extra:
-            parts.append(f"it names class(es) the data set does not have: {few(repr(k) for k in extra)}")
+    problems = [
+        text for found, text in (
+            (missing, f"it lacks class(es) {few(repr(k) for k in missing)}"),
+            (extra, f"it names class(es) the data set does not have: {few(repr(k) for k in extra)}"),
+        ) if found
+    ]
+    if problems:
         raise DataError(
             f"classnames file {path} does not match the {data.num_classes} classes of {data.name}: "
-            f"{'; '.join(parts)}. List every class key ({few((repr(k) for k in data.class_keys), 3)}) once"
+            f"{'; '.join(problems)}. List every class key ({few((repr(k) for k in data.class_keys), 3)}) once"
         )
     names = tuple(mapping[k] for k in data.class_keys)
     _check_unique(data.class_keys, names, f"classnames file {path}")

@@ -125,7 +125,7 @@ CLIP_IMAGENET_SELECT: tuple[str, ...] = (
     "a photo of the small {}.",
 )
 
-#: Keyed by the Dassl data set names (see ftclip.tasks.fewshot.dassl).
+#: Keyed by the Dassl data set names (see ftclip.tasks.fewshot.formats.dassl).
 COOP_TEMPLATES: dict[str, str] = {
     "OxfordPets": "a photo of a {}, a type of pet.",
     "OxfordFlowers": "a photo of a {}, a type of flower.",

@@ -25,9 +25,10 @@ from pathlib import Path
 from ftclip.data.images import IMAGE_EXTENSIONS
 from ftclip.errors import ConfigError, DataError
 from ftclip.tasks.fewshot.dataset import ClassificationData, Item, build_data, check_files_exist, few
+from ftclip.tasks.fewshot.formats.base import FewshotFormat, LoadOptions
 from ftclip.tasks.fewshot.templates import COOP_TEMPLATES
 
-__all__ = ["DasslSet", "DASSL_SETS", "detect_dassl", "load_dassl"]
+__all__ = ["DasslSet", "DASSL_SETS", "Dassl"]
 
 _SPLITS = ("train", "val", "test")
 
@@ -92,11 +93,6 @@ def _lookup(name: str) -> DasslSet:
     raise ConfigError(
         f"data.dataset {name!r} is not a Dassl data set; use one of {', '.join(d.name for d in DASSL_SETS)}"
     )
-
-
-def detect_dassl(root: Path) -> bool:
-    """Whether ``root`` is one of the data set folders above."""
-    return root.is_dir() and any(_matches(ds, root) for ds in DASSL_SETS)
 
 
 def _resolve(root: Path, dataset: str | None) -> tuple[DasslSet, Path]:
@@ -217,8 +213,7 @@ def _imagenet(folder: Path) -> tuple[list[str], list[str], dict[str, list[Item]]
     return wnids, [names[w] for w in wnids], items
 
 
-def load_dassl(root: Path, dataset: str | None = None) -> ClassificationData:
-    """Parse one of :data:`DASSL_SETS` (``dataset`` = its name or CoOp folder; None: detect)."""
+def _load(root: Path, dataset: str | None) -> ClassificationData:
     ds, folder = _resolve(root, dataset)
     source = f"{ds.name} data set {folder}"
     if ds.name == "ImageNet":  # listed from the folders, so every path exists
@@ -240,3 +235,15 @@ def load_dassl(root: Path, dataset: str | None = None) -> ClassificationData:
         templates=(COOP_TEMPLATES[ds.name],),
         source=source,
     )
+
+
+class Dassl(FewshotFormat):
+    name = "dassl"
+    looked_for = "split_zhou_*.json, variants.txt or classnames.txt + images/train (dassl)"
+
+    def detect(self, root: Path) -> bool:
+        return root.is_dir() and any(_matches(ds, root) for ds in DASSL_SETS)
+
+    def load(self, root: Path, options: LoadOptions) -> ClassificationData:
+        """One of :data:`DASSL_SETS` (``options.dataset`` = its name or CoOp folder; None: detect)."""
+        return _load(root, options.dataset)
