@@ -682,12 +682,14 @@ def _finish_files(folder: Path) -> None:
 
 
 def export_hf(model: nn.Module, meta: dict, out: str | Path, text_layer: str = "last",
-              reference: nn.Module | None = None, timeout: float = VERIFY_TIMEOUT_S) -> dict[str, Any]:
+              reference: nn.Module | None = None, no_reference_reason: str = "no pretrained reference weights were given",
+              timeout: float = VERIFY_TIMEOUT_S) -> dict[str, Any]:
     """Write ``<out>/hf/`` (CLIPModel folder + diffusers ``text_encoder/`` and ``tokenizer/``) from the open_clip
     ``model`` (float32, LoRA merged), verify it in a fresh transformers process, then rename it into place.
     ``out`` is the export being assembled (``export_run``'s temporary folder), so ``<out>/hf`` must not exist yet.
 
-    ``reference`` (the pretrained weights of the same architecture) enables the forgetting check.
+    ``reference`` (the pretrained weights of the same architecture) enables the forgetting check; without it
+    the model card says ``no_reference_reason``.
     Returns what the export manifest records: files, configuration summary, verification figures,
     forgetting figures and the model-card section (``model_card``).
     """
@@ -756,7 +758,7 @@ def export_hf(model: nn.Module, meta: dict, out: str | Path, text_layer: str = "
         "files": sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()),
         "verification": dict(verification, min_cosine_required=MIN_COSINE, max_abs_diff_allowed=MAX_ABS_DIFF),
         "forgetting": ({k: v for k, v in forgetting.items() if k != "markdown"} if forgetting is not None
-                       else {"measured": False, "reason": "no pretrained reference weights were given"}),
+                       else {"measured": False, "reason": no_reference_reason}),
     }
     report["model_card"] = model_card_section(report, forgetting["markdown"] if forgetting is not None else
                                               forgetting_markdown(None, report["forgetting"]["reason"]))

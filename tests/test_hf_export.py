@@ -299,7 +299,8 @@ def test_export_reloads_in_a_fresh_transformers_process(tmp_path):
 def test_export_last_layer_gelu_and_no_reference(tmp_path):
     first = _check_export(tmp_path / "a", quick_gelu=False, text_layer="last")
     assert first["pad_token"] == {"CLIPModel": "<|endoftext|>", "tokenizer": "<|endoftext|>"}
-    second = hf.export_hf(_tiny(), _meta(), tmp_path / "b", text_layer="last")
-    assert second["forgetting"] == {"measured": False, "reason": "no pretrained reference weights were given"}
-    assert "Not measured for this export" in second["model_card"]
+    second = hf.export_hf(_tiny(), _meta(), tmp_path / "b", text_layer="last",
+                          no_reference_reason="the run started from random weights")
+    assert second["forgetting"] == {"measured": False, "reason": "the run started from random weights"}
+    assert "Not measured for this export: the run started from random weights." in second["model_card"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["hf"]
