@@ -29,7 +29,7 @@ from common import device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ftclip import hf_export  # noqa: E402
+from ftclip.artifacts import hf as hf_export  # noqa: E402
 
 
 def main() -> None:

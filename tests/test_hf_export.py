@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import ftclip.backbone  # noqa: F401  (registers ftclip-tiny-vit / ftclip-tiny-rn with open_clip)
-from ftclip import hf_export as hf
+from ftclip.artifacts import hf
 from ftclip.errors import FtclipError
 
 transformers = pytest.importorskip("transformers")
