@@ -276,6 +276,8 @@ model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
 ```
 
 `model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
+Open images as ftclip read them in training: `ImageOps.exif_transpose(Image.open(path))`, and
+transparent ones composited onto white (ftclip's `docs/export.md`, "Reading the file").
 {task_section}
 ## Task details
 
