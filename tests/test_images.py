@@ -115,18 +115,25 @@ def _write_png16(path: Path, values: np.ndarray, color_type: int) -> Path:
     return path
 
 
+_SHORT, _LONG = 3, 4  # TIFF field types
+
+
+def _ifd_entry(tag: int, kind: int, value: int) -> bytes:
+    """One TIFF directory entry holding a single value (left-justified in the 4-byte field)."""
+    field = struct.pack("<HH", value, 0) if kind == _SHORT else struct.pack("<I", value)
+    return struct.pack("<HHI", tag, kind, 1) + field
+
+
 def _write_tiff(path: Path, values: np.ndarray) -> Path:
     """An uncompressed little-endian grey TIFF from a 2-D int16/uint16/int32/uint32 array."""
     h, w = values.shape
     data = values.astype(values.dtype.newbyteorder("<")).tobytes()
-    sample_format = 2 if values.dtype.kind == "i" else 1
-    short, long_ = 3, 4
-    entries = [(256, long_, w), (257, long_, h), (258, short, values.dtype.itemsize * 8), (259, short, 1),
-               (262, short, 1), (273, long_, 8), (277, short, 1), (278, long_, h), (279, long_, len(data)),
-               (339, short, sample_format)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == short else "<I", *((v, 0) if kind == short else (v,)))
-        for tag, kind, v in entries) + struct.pack("<I", 0)
+    entries = [
+        (256, _LONG, w), (257, _LONG, h), (258, _SHORT, values.dtype.itemsize * 8),  # size, bits per sample
+        (259, _SHORT, 1), (262, _SHORT, 1), (273, _LONG, 8), (277, _SHORT, 1),  # raw, black is 0, data at 8
+        (278, _LONG, h), (279, _LONG, len(data)), (339, _SHORT, 2 if values.dtype.kind == "i" else 1),
+    ]
+    ifd = struct.pack("<H", len(entries)) + b"".join(_ifd_entry(*e) for e in entries) + struct.pack("<I", 0)
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd)
     return path
 
@@ -265,16 +272,13 @@ def test_one_bit_and_grey(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(path), _grey3(grey))
 
 
-def _palette_image(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+def test_palette_without_and_with_transparency(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
     palette = rng.integers(0, 256, (4, 3), dtype=np.uint8)
     index = rng.integers(0, 4, (7, 6), dtype=np.uint8)
+    assert (index == 1).any()
     img = Image.frombytes("P", (6, 7), index.tobytes())
     img.putpalette(palette.ravel().tolist())
-    return img, palette, index
-
-
-def test_palette_without_and_with_transparency(tmp_path: Path) -> None:
-    img, palette, index = _palette_image(np.random.default_rng(8))
     img.save(path := tmp_path / "p.png")
     np.testing.assert_array_equal(read_image(path), palette[index])
 
