@@ -8,7 +8,9 @@ a zero-byte, truncated, corrupt or unconvertible file always ends in one
 :func:`read_image` returns what the image looks like in a viewer, as 8-bit RGB:
 
 - EXIF orientation is applied with ``PIL.ImageOps.exif_transpose`` itself (Pillow already does
-  it for TIFFs when they load).
+  it for TIFFs when they load). The reference loaders (CLIP-ReID, pyiqa, open_clip) use a plain
+  ``Image.open(path).convert("RGB")`` and feed such files as stored; only files whose
+  orientation tag is not 1 (typically phone photos) are read differently.
 - Transparency (an alpha band, a transparent palette entry or a PNG colour key) is composited
   onto :data:`BACKGROUND`, white: what a page or viewer shows behind a transparent logo or
   product shot, and what Hugging Face's ``convert_to_rgb`` (the CLIP processors) does. Dropping
