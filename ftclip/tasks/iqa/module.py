@@ -80,6 +80,7 @@ class IqaModule(StagedModule):
         self.antonym.refresh()
 
     def on_validation_start(self) -> None:
+        super().on_validation_start()  # the NaN guard
         self.antonym.refresh()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
