@@ -279,6 +279,16 @@ class StagedModule(L.LightningModule, ABC):
     def on_train_epoch_end(self) -> None:
         self.raise_if_not_finite()
 
+    @property
+    def progress_bar_shown(self) -> bool:
+        """Whether a progress bar displays ``train/loss`` (``trainer.enable_progress_bar``).
+
+        Lightning 2.6 turns every ``prog_bar=True`` metric into a Python number after every
+        training batch, shown or not: a host sync per step. So the loss is logged for the bar
+        only when there is a bar (benchmarks/RESULTS.md, gpu_suite stage1).
+        """
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
+
     def on_validation_start(self) -> None:
         self.raise_if_not_finite()  # weights after a bad step would give NaN features, not this message
 
