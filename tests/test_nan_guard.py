@@ -15,7 +15,7 @@ import torch
 
 from conftest import tiny_reid_overrides
 from ftclip.cli import main
-from ftclip.config import load_recipe
+from ftclip.recipe import load_recipe
 from ftclip.errors import FtclipError
 from ftclip.tasks.reid.module import ReidModule
 
