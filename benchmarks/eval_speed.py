@@ -99,8 +99,10 @@ def time_ours(split: dict, device: torch.device, repeat: int) -> tuple[float, fl
     return best, best_cpu, result
 
 
-def run_size(name: str, device: torch.device, repeat: int, ref_queries: int | None) -> dict[str, Any]:
-    split = make_split(**SIZES[name])
+def run_size(name: str, device: torch.device, repeat: int, ref_queries: int | None,
+             size: dict[str, int] | None = None) -> dict[str, Any]:
+    """One work size (``SIZES[name]``, or ``size`` with the same keys) timed and checked against the reference."""
+    split = make_split(**(size or SIZES[name]))
     num_q, num_g = len(split["qp"]), len(split["gp"])
     seconds, cpu_seconds, ours = time_ours(split, device, repeat)
 

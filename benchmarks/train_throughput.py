@@ -5,8 +5,9 @@
         [--repeats 3] [--threads N] [--out benchmarks/out/train_throughput.json]
 
 Random-init weights, random images already on the device (the input pipeline is measured by
-benchmarks/data_throughput.py). Precision: bf16 autocast on CUDA (ftclip's default there), fp32
-on CPU. Three implementations of each step, measured in the same process, interleaved
+benchmarks/data_throughput.py). Precision (``--precision auto``): bf16 autocast on CUDA (ftclip's
+default there), fp32 on CPU; ``--precision bf16`` runs bf16 autocast on the CPU too. ``--fused auto``:
+fused Adam on CUDA (ftclip's default), ``on``/``off`` on any device (torch has a fused CPU Adam). Three implementations of each step, measured in the same process, interleaved
 ``--repeats`` times (the median is reported):
 
 * ``plain``: open_clip's model and plain torch -- stage 2: ``model.encode_image`` (forward hooks
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"))
     parser.add_argument("--num-ids", type=int, default=751, help="identities (Market-1501 train: 751)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the towers (both implementations)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--fused", default="auto", choices=["auto", "on", "off"], help="auto: fused Adam on CUDA")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per implementation")
@@ -80,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA device is visible to torch")
     if min(args.batch) < 8 or any(b % 4 for b in args.batch):
         parser.error("--batch values must be multiples of 4 (P identities x 4 images), at least 8")
+    on_cuda = args.device == "cuda"
+    args.bf16 = args.precision == "bf16" or (args.precision == "auto" and on_cuda)
+    args.fused_adam = args.fused == "on" or (args.fused == "auto" and on_cuda)
     return args
 
 
@@ -94,17 +101,15 @@ def pk_labels(batch: int, num_ids: int, device: torch.device) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- ftclip side
-def build_module(args: argparse.Namespace, method: str, stage: int):
+def build_module(args: argparse.Namespace, method: str, stage: int, cfg=None):
+    """ftclip's re-ID module for the step; ``cfg`` (optional): a loaded recipe to build instead of the demo's."""
+    from ftclip.backbone import check_model_config
     from ftclip.recipe import load_recipe
     from ftclip.tasks.reid.module import ReidModule
 
-    overrides = [f"model.name={args.model}", f"model.image_size=[{args.image_size[0]},{args.image_size[1]}]",
-                 "data.root=unused", "stages.image.optimizer.lr=5.0e-6", "stages.prompts.optimizer.lr=3.5e-4"]
-    if method == "lora":
-        overrides += ["strategies.lora.enabled=true", "stages.image.train=[image.lora,head]"]
-    if args.compile:
-        overrides.append("trainer.compile=true")
-    cfg = load_recipe(REPO / "recipes" / "demo" / "reid_synthetic.yaml", overrides)
+    if cfg is None:
+        cfg = load_recipe(REPO / "recipes" / "demo" / "reid_synthetic.yaml", demo_overrides(args, method))
+    check_model_config(cfg.model)  # a model/size the recipe cannot train is a ConfigError, as in `ftclip fit`
     logging.disable(logging.WARNING)
     module = ReidModule(cfg, num_ids=args.num_ids, num_cameras=6)
     logging.disable(logging.NOTSET)
@@ -113,8 +118,20 @@ def build_module(args: argparse.Namespace, method: str, stage: int):
     return module, cfg
 
 
-def ftclip_setup(args, method: str, stage: int, batch: int, device: torch.device):
-    module, cfg = build_module(args, method, stage)
+def demo_overrides(args: argparse.Namespace, method: str) -> list[str]:
+    overrides = [f"model.name={args.model}", f"model.image_size=[{args.image_size[0]},{args.image_size[1]}]",
+                 "data.root=unused", "stages.image.optimizer.lr=5.0e-6", "stages.prompts.optimizer.lr=3.5e-4"]
+    if method == "lora":
+        overrides += ["strategies.lora.enabled=true", "stages.image.train=[image.lora,head]"]
+    if args.compile:
+        overrides.append("trainer.compile=true")
+    if args.fused != "auto":  # auto: ftclip's own default (fused on CUDA)
+        overrides += [f"stages.{s}.optimizer.fused={args.fused == 'on'}" for s in ("image", "prompts")]
+    return overrides
+
+
+def ftclip_setup(args, method: str, stage: int, batch: int, device: torch.device, cfg=None):
+    module, cfg = build_module(args, method, stage, cfg)
     module.to(device).train()
     if args.compile:
         module.compile_towers()
@@ -132,9 +149,9 @@ def ftclip_setup(args, method: str, stage: int, batch: int, device: torch.device
     return module, cfg, data, optimizer
 
 
-def ftclip_step_fn(args, method, stage, batch, device) -> tuple[Callable[[], None], Any]:
-    module, _, data, optimizer = ftclip_setup(args, method, stage, batch, device)
-    bf16 = device.type == "cuda"
+def ftclip_step_fn(args, method, stage, batch, device, cfg=None) -> tuple[Callable[[], None], Any]:
+    module, _, data, optimizer = ftclip_setup(args, method, stage, batch, device, cfg)
+    bf16 = args.bf16
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -146,8 +163,13 @@ def ftclip_step_fn(args, method, stage, batch, device) -> tuple[Callable[[], Non
     return step, module
 
 
-def lightning_run(args, method, stage, batch, device) -> float:
-    """Seconds per step of the module under a Lightning Trainer (steady state)."""
+def lightning_run(args, method, stage, batch, device, probe=None) -> float:
+    """Seconds per step of the module under a Lightning Trainer (steady state).
+
+    ``probe`` (optional): an object whose ``start()`` / ``stop()`` are called where the clock
+    starts and stops, and ``mark_step()`` at each timed step after the first (e.g. a counter of
+    host reads per step, ``common.HostReads``).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -163,14 +185,20 @@ def lightning_run(args, method, stage, batch, device) -> float:
             if trainer.global_step == args.warmup and not self.start:
                 sync(device)
                 self.start = time.perf_counter()
+                if probe is not None:
+                    probe.start()
+            elif self.start and probe is not None:
+                probe.mark_step()
 
         def on_train_end(self, trainer, pl_module):
             sync(device)
             self.end = time.perf_counter()
+            if probe is not None:
+                probe.stop()
 
     clock = Clock()
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=total,
-                        precision="bf16-mixed" if device.type == "cuda" else "32-true", logger=False,
+                        precision="bf16-mixed" if args.bf16 else "32-true", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
     loader = torch.utils.data.DataLoader([data] * total, batch_size=None)
@@ -211,16 +239,22 @@ def plain_stage2(args, method: str, batch: int, device: torch.device) -> Callabl
     for p in trainable:
         p.requires_grad_(True)
     trainable += list(necks.parameters()) + list(classifiers.parameters())
-    optimizer = torch.optim.Adam(trainable, lr=5e-6, weight_decay=1e-4, fused=device.type == "cuda" or None)
+    optimizer = torch.optim.Adam(trainable, lr=5e-6, weight_decay=1e-4, fused=args.fused_adam or None)
     captured: dict[str, torch.Tensor] = {}
     visual.transformer.resblocks[-2].register_forward_hook(lambda m, i, o: captured.__setitem__("last", o[:, 0]))
     visual.ln_post.register_forward_hook(  # ln_post runs on all tokens before class-token pooling
         lambda m, i, o: captured.__setitem__("final", o[:, 0] if o.ndim == 3 else o))
-    encode = torch.compile(model.encode_image) if args.compile else model.encode_image
+
+    def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        proj = model.encode_image(images)
+        # popped, so that every call starts with the same (empty) dict: no recompile under torch.compile
+        return proj, captured.pop("final"), captured.pop("last")
+
+    encode = torch.compile(forward) if args.compile else forward
     images = torch.randn(batch, 3, *args.image_size, device=device)
     pids = pk_labels(batch, args.num_ids, device)
     model.train()
-    bf16 = device.type == "cuda"
+    bf16 = args.bf16
 
     def triplet(f: torch.Tensor) -> torch.Tensor:
         dist = torch.cdist(f, f)
@@ -231,9 +265,7 @@ def plain_stage2(args, method: str, batch: int, device: torch.device) -> Callabl
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            proj = encode(images)
-            final = captured["final"]
-            last = captured["last"]
+            proj, final, last = encode(images)
             logits = [c(n(f)) for c, n, f in zip(classifiers, necks, (final, proj))]
         loss = sum(F.cross_entropy(lg.float(), pids, label_smoothing=SMOOTHING) for lg in logits)
         loss = loss + sum(triplet(f.float()) for f in (last, final, proj))
@@ -259,7 +291,7 @@ def plain_stage1(args, prompts: int, device: torch.device) -> Callable[[], None]
     prefix, suffix = embedded[:, :5], embedded[:, 9:]
     eot = int(tokens.argmax(-1))
     ctx = torch.nn.Parameter(0.02 * torch.randn(args.num_ids, 4, embedded.shape[-1], device=device))
-    optimizer = torch.optim.Adam([ctx], lr=3.5e-4, weight_decay=1e-4, fused=device.type == "cuda" or None)
+    optimizer = torch.optim.Adam([ctx], lr=3.5e-4, weight_decay=1e-4, fused=args.fused_adam or None)
     n = 4 * args.num_ids
     image_cache = torch.randn(n, model.text_projection.shape[1], device=device)
     label_cache = torch.arange(n, device=device) % args.num_ids
@@ -273,7 +305,7 @@ def plain_stage1(args, prompts: int, device: torch.device) -> Callable[[], None]
         return x @ model.text_projection
 
     encode = torch.compile(text_features) if args.compile else text_features
-    bf16 = device.type == "cuda"
+    bf16 = args.bf16
 
     def supcon(a: torch.Tensor, b: torch.Tensor, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
         logits = a @ b.t()
@@ -365,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(args, stage, method, batch, device))
             print(f"  done: stage {stage} {method} batch {batch}", file=sys.stderr, flush=True)
 
-    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    precision = "bf16 autocast" if args.bf16 else "fp32"
     report = {
         "benchmark": "train_throughput",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -56,6 +56,10 @@ def test_device_cache_batch_is_the_augmented_sampled_images(tiny_reid_root, tmp_
     assert batch["pid"].tolist() == [ds.train[i].pid for i in batch["index"].tolist()]
     module._attach_image_cache(dm)
     out = {"image": module.cached_batch_images(batch)}
+    # the seed is read before the batch goes to the device (an int there: no host sync per step), same images
+    moved = module.on_before_batch_transfer(dict(batch), 0)
+    assert isinstance(moved["seed"], int) and torch.is_tensor(batch["seed"])
+    torch.testing.assert_close(module.cached_batch_images(moved), out["image"])
     assert out["image"].shape == (8, 3, *cfg.model.image_size) and out["image"].dtype == torch.float32
     # with no augmentation at all, the batch is the normalised cached images of the sampled indices
     dm.cfg.data.flip_p, dm.cfg.data.pad, dm.cfg.data.erasing_p = 0.0, 0, 0.0

@@ -137,6 +137,7 @@ class StagedModule(L.LightningModule, ABC):
         self.stage_cfg = None
         self.lora_summary = None
         self.info: dict = {}  # what the module's shape depends on; saved in checkpoints
+        self._unchecked_losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss): check_finite
         lora_cfg = getattr(getattr(cfg, "strategies", None), "lora", None)
         if lora_cfg is not None and lora_cfg.enabled:
             from ftclip.strategies.lora import apply_lora
@@ -153,6 +154,7 @@ class StagedModule(L.LightningModule, ABC):
         groups = self.parameter_groups()
         freeze_for_stage(groups, list(stage_cfg.train), name)
         self.stage_name, self.stage_cfg = name, stage_cfg
+        self._unchecked_losses = []
         self.train(self.training)  # re-apply eval mode to frozen modules
         return describe_trainable(groups, name)
 
@@ -232,10 +234,35 @@ class StagedModule(L.LightningModule, ABC):
     def loss_weight(self, name: str, default: float = 0.0) -> float:
         return float(self.stage_cfg.losses.get(name, default))
 
+    # ------------------------------------------------------------------ NaN guard
+    #: Training steps between two reads of the loss on the host (each read waits for the GPU).
+    finite_check_every = 16
+
     def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop at the first non-finite loss, naming the step; the last checkpoint stays intact."""
-        if torch.isfinite(loss).all():
+        """Stop at the first non-finite loss, naming its step; no checkpoint written after it.
+
+        Reading the loss on the host (``if torch.isfinite(loss)``) makes the CPU wait for the
+        GPU to finish the step before it may queue the next one. So each step only keeps the
+        detached loss and the losses are read together: every :attr:`finite_check_every`
+        steps, at the end of every training epoch, before validation and before every
+        checkpoint is written (:meth:`raise_if_not_finite`). A checkpoint is therefore only
+        written when every loss since the stage started was finite: the last checkpoint on
+        disk predates the first bad step. The steps between a bad loss and the next read still
+        run (their weights never reach a file); the error names the first bad step.
+        """
+        self._unchecked_losses.append((self.current_epoch, self.global_step, loss.detach()))
+        if len(self._unchecked_losses) >= self.finite_check_every:
+            self.raise_if_not_finite()
+
+    def raise_if_not_finite(self) -> None:
+        """Read the losses kept since the last read (one host sync); raise at the first non-finite one."""
+        pending, self._unchecked_losses = self._unchecked_losses, []
+        if not pending:
             return
+        bad = torch.stack([~torch.isfinite(loss).all() for _, _, loss in pending])
+        if not bool(bad.any()):
+            return
+        epoch, step, loss = pending[int(bad.to(torch.int8).argmax())]
         callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
         last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
         if last is not None and last.is_file():
@@ -244,10 +271,26 @@ class StagedModule(L.LightningModule, ABC):
             kept = ("no checkpoint of this stage was written yet (trainer.ckpt_every_n_steps keeps step "
                     "checkpoints), so a resume restarts the stage")
         raise FtclipError(
-            f"stage '{self.stage_name}': the loss became {loss.item()} at epoch {self.current_epoch}, "
-            f"step {self.global_step}; training stopped and {kept}. Lower stages.{self.stage_name}.optimizer.lr "
+            f"stage '{self.stage_name}': the loss became {loss.float().item()} at epoch {epoch}, "
+            f"step {step}; training stopped and {kept}. Lower stages.{self.stage_name}.optimizer.lr "
             "in RUN_DIR/config.yaml (or check the data), then `ftclip fit --resume RUN_DIR`"
         )
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_not_finite()
+
+    @property
+    def progress_bar_shown(self) -> bool:
+        """Whether a progress bar displays ``train/loss`` (``trainer.enable_progress_bar``).
+
+        Lightning 2.6 turns every ``prog_bar=True`` metric into a Python number after every
+        training batch, shown or not: a host sync per step. So the loss is logged for the bar
+        only when there is a bar (benchmarks/RESULTS.md, gpu_suite stage1).
+        """
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
+
+    def on_validation_start(self) -> None:
+        self.raise_if_not_finite()  # weights after a bad step would give NaN features, not this message
 
     # ------------------------------------------------------------------ the hooks export and inference call
     @abstractmethod
@@ -271,6 +314,7 @@ class StagedModule(L.LightningModule, ABC):
         """After each evaluation is recorded in the run directory (rank 0 only), e.g. task plots."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_not_finite()  # before anything is written: no checkpoint holds a step after a bad loss
         checkpoint["ftclip"] = {"stage": self.stage_name, "backbone": self.backbone.metadata(), "info": self.info}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

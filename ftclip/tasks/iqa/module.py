@@ -80,6 +80,7 @@ class IqaModule(StagedModule):
         self.antonym.refresh()
 
     def on_validation_start(self) -> None:
+        super().on_validation_start()  # the NaN guard
         self.antonym.refresh()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -94,7 +95,7 @@ class IqaModule(StagedModule):
         else:
             loss, parts, size = self._mos_step(batch["image"], batch["mos"])
         self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=self.progress_bar_shown, batch_size=size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=size)
         return loss

@@ -120,8 +120,16 @@ class ReidModule(StagedModule):
             raise RuntimeError("data.device_cache: the training image cache is not attached (on_fit_start)")
         index = batch["index"]
         picked = images[index.to(images.device)].to(index.device, non_blocking=True)
-        generator = self._augment.generator(picked.device, int(batch["seed"][0]))
+        seed = batch["seed"]  # a Python int once on_before_batch_transfer has run
+        generator = self._augment.generator(picked.device, int(seed[0]) if torch.is_tensor(seed) else int(seed))
         return self._augment(picked, generator=generator)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.device_cache``: read the batch's augmentation seed while it is still on the CPU; read
+        after the transfer to the GPU it would make the host wait for the GPU at every step."""
+        if isinstance(batch, dict) and torch.is_tensor(batch.get("seed")):
+            batch["seed"] = int(batch["seed"][0])
+        return batch
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -131,7 +139,7 @@ class ReidModule(StagedModule):
             loss, parts = self._image_step(batch)
         self.check_finite(loss)
         size = len(batch["index"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=self.progress_bar_shown, batch_size=size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=size)
         return loss
