@@ -21,6 +21,7 @@ COMMANDS = [
     "ftclip.commands.score",
     "ftclip.commands.export",
     "ftclip.commands.embed",
+    "ftclip.commands.verify",
 ]
 
 

@@ -3,6 +3,9 @@
 A task's schema (``ftclip/tasks/<task>/schema.py``) extends :class:`RecipeBase` with its own
 ``data``, ``strategies`` and ``eval`` sections. Reading, composing and validating a recipe
 against a task's schema is :mod:`ftclip.recipe`'s job; this module knows no task.
+
+Every numeric key declares its allowed values next to it (``within(POSITIVE_INT, 64)``, see
+:mod:`ftclip.domains`); recipe validation checks them all before any work.
 """
 
 from __future__ import annotations
@@ -13,8 +16,21 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from ftclip.domains import (FINITE, FRACTION, NAME, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Each,
+                            Interval, OneOf, within)
+from ftclip.stages import OPTIMIZERS, SCHEDULES
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
+
+
+INTERPOLATIONS = ("bicubic", "bilinear")  # the resize modes an open_clip export can record
+LORA_ENCODERS = ("image", "text")
+LORA_TARGETS = ("attn", "mlp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: Lightning 2.6's precision names (tests/test_domains.py compares them with Lightning's own list)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
 
 
 # --------------------------------------------------------------------------- schema pieces
@@ -24,10 +40,11 @@ class ModelConfig:
 
     name: str = MISSING  # any open_clip model name, e.g. ViT-B-16, or an ftclip tiny model
     pretrained: Optional[str] = None  # open_clip tag (openai, laion2b_s34b_b88k) or a local file
-    image_size: List[int] = field(default_factory=lambda: [224, 224])  # [height, width]
-    mean: Optional[List[float]] = None  # None: from the pretrained tag, else OpenAI's
-    std: Optional[List[float]] = None
-    interpolation: str = "bicubic"  # bicubic | bilinear (what an open_clip export can record)
+    image_size: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: [224, 224])  # [height, width]
+    mean: Optional[List[float]] = within(Each(FINITE, length=3), None)  # None: from the pretrained tag, else OpenAI's
+    std: Optional[List[float]] = within(Each(POSITIVE, length=3), None)
+    # what an open_clip export can record
+    interpolation: str = within(OneOf(*INTERPOLATIONS), "bicubic")
     quick_gelu: Optional[bool] = None  # None: what the model config / pretrained tag says
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
     download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
@@ -39,33 +56,34 @@ class LoraConfig:
     """peft LoRA adapters on the encoders (see docs/lora.md for defaults and their sources)."""
 
     enabled: bool = False
-    encoders: List[str] = field(default_factory=lambda: ["image"])  # image, text
-    targets: List[str] = field(default_factory=lambda: ["attn"])  # attn, mlp
-    blocks: Any = "all"  # "all", an int N (last N blocks) or a list of block indices
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.1
+    encoders: List[str] = within(Each(OneOf(*LORA_ENCODERS), min_length=1), factory=lambda: ["image"])
+    targets: List[str] = within(Each(OneOf(*LORA_TARGETS), min_length=1), factory=lambda: ["attn"])
+    # "all", an int N (last N blocks) or a list of block indices
+    blocks: Any = within(OneOf("all") | POSITIVE_INT | Each(NON_NEGATIVE_INT, min_length=1), "all")
+    r: int = within(POSITIVE_INT, 16)
+    alpha: float = within(POSITIVE, 16.0)
+    dropout: float = within(Interval(0, 1, high_open=True), 0.1)
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # adam, adamw, sgd
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    bias_lr_factor: float = 1.0  # CLIP-ReID stage 2 uses 2.0
-    momentum: float = 0.9  # sgd only
+    name: str = within(OneOf(*OPTIMIZERS), "adam")
+    lr: float = within(POSITIVE, 1e-4)
+    weight_decay: float = within(NON_NEGATIVE, 1e-4)
+    bias_lr_factor: float = within(POSITIVE, 1.0)  # CLIP-ReID stage 2 uses 2.0
+    momentum: float = within(FRACTION, 0.9)  # sgd only
     fused: Optional[bool] = None  # None: fused on CUDA, off on CPU
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant, cosine, warmup_multistep
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5  # cosine: absolute lr at epoch 0 of the warm-up
-    warmup_factor: float = 0.1  # warmup_multistep: factor at epoch 0 of the warm-up
-    min_lr: float = 1e-6  # cosine floor
-    milestones: List[int] = field(default_factory=list)
-    gamma: float = 0.1
+    name: str = within(OneOf(*SCHEDULES), "constant")
+    warmup_epochs: int = within(NON_NEGATIVE_INT, 0)
+    warmup_lr: float = within(NON_NEGATIVE, 1e-5)  # cosine: absolute lr at epoch 0 of the warm-up
+    warmup_factor: float = within(FRACTION, 0.1)  # warmup_multistep: factor at epoch 0 of the warm-up
+    min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor
+    milestones: List[int] = within(Each(NON_NEGATIVE_INT), factory=list)  # epochs
+    gamma: float = within(POSITIVE, 0.1)
 
 
 @dataclass
@@ -73,33 +91,36 @@ class StageConfig:
     """One stage: what it trains (everything else frozen), how, and for how long."""
 
     kind: str = MISSING  # the task's objective for this stage (reid: prompts|image; iqa: qualiclip|mos)
-    train: List[str] = MISSING  # parameter groups to train, e.g. [prompts] or [image, head]
-    epochs: int = 1
-    batch_size: Optional[int] = None  # None: data.batch_size
+    train: List[str] = within(Each(NAME, min_length=1), MISSING)  # parameter groups to train, e.g. [prompts] or [image, head]
+    epochs: int = within(POSITIVE_INT, 1)
+    batch_size: Optional[int] = within(POSITIVE_INT, None)  # None: data.batch_size
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    losses: Dict[str, float] = field(default_factory=dict)  # loss name -> weight
-    eval_every: Optional[int] = None  # epochs between evaluations; None: eval.every
-    max_steps: int = -1  # cap on optimizer steps (smoke runs); -1: no cap
+    # loss name -> weight (or margin); the names a stage kind takes are the task's loss_settings
+    losses: Dict[str, float] = within(Each(NON_NEGATIVE, mapping=True), factory=dict)
+    eval_every: Optional[int] = within(NON_NEGATIVE_INT, None)  # epochs between evaluations; None: eval.every
+    max_steps: int = within(OneOf(-1) | POSITIVE_INT, -1)  # cap on optimizer steps (smoke runs); -1: no cap
 
 
 @dataclass
 class TrainerConfig:
     """Passed to lightning.Trainer (see docs/distributed.md)."""
 
-    accelerator: str = "auto"
-    devices: Any = 1  # int, "auto", or a list of device ids
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto, ddp, ddp_find_unused_parameters_true, fsdp, ...
-    precision: Optional[str] = None  # None: bf16-mixed on CUDA with bf16, else 32-true
+    accelerator: str = within(OneOf(*ACCELERATORS), "auto")  # whether this machine has one: engine.check_trainer
+    # an int (-1: all), "auto", or a list of device ids
+    devices: Any = within(OneOf("auto", -1) | POSITIVE_INT | Each(NON_NEGATIVE_INT, min_length=1), 1)
+    num_nodes: int = within(POSITIVE_INT, 1)
+    strategy: str = "auto"  # auto, ddp, ddp_find_unused_parameters_true, fsdp, ... (Lightning's names: engine.check_trainer)
+    precision: Optional[str] = within(OneOf(*PRECISIONS), None)  # None: bf16-mixed on CUDA with bf16, else 32-true
     deterministic: bool = False
-    log_every_n_steps: int = 10
-    gradient_clip_val: Optional[float] = None
-    ckpt_every_n_steps: int = 0  # 0: checkpoint at every epoch end only
+    log_every_n_steps: int = within(POSITIVE_INT, 10)
+    gradient_clip_val: Optional[float] = within(NON_NEGATIVE, None)
+    ckpt_every_n_steps: int = within(NON_NEGATIVE_INT, 0)  # 0: checkpoint at every epoch end only
     compile: bool = False  # torch.compile the image encoder
     enable_progress_bar: bool = True
-    limit_train_batches: Optional[float] = None
-    num_sanity_val_steps: int = 0
+    # a fraction of the batches in (0, 1], or a number of batches
+    limit_train_batches: Optional[float] = within(Interval(0, 1, low_open=True) | POSITIVE_INT, None)
+    num_sanity_val_steps: int = within(OneOf(-1) | NON_NEGATIVE_INT, 0)
 
 
 EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip is always written
@@ -109,14 +130,14 @@ EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip 
 class RunConfig:
     dir: Optional[str] = None  # None: <root>/<name>/<timestamp>
     root: str = "runs"
-    export: List[str] = field(default_factory=list)  # formats exported at the end: open_clip, onnx
+    export: List[str] = within(Each(OneOf(*EXPORT_FORMATS)), factory=list)  # formats exported at the end
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # epochs between evaluations during a stage; 0: only at the end of each stage
+    every: int = within(NON_NEGATIVE_INT, 0)  # epochs between evaluations during a stage; 0: only at the end of each stage
     before: bool = True  # evaluate the untrained model first (zero-shot baseline)
-    batch_size: int = 256
+    batch_size: int = within(POSITIVE_INT, 256)
 
 
 @dataclass
@@ -125,7 +146,7 @@ class RecipeBase:
 
     task: str = MISSING
     name: str = MISSING
-    seed: int = 0
+    seed: int = within(SEED, 0)
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -139,5 +139,6 @@ def check_recipe_data(cfg) -> DataReport:
         report.warnings.append(f"{sum(len(g) - 1 for g in report.duplicates)} duplicate file(s) within splits: "
                                f"{_few(' = '.join(g) for g in report.duplicates)}")
 
+    report.warnings += datamodule.notes
     report.warnings += task.data_warnings(cfg, splits)
     return report

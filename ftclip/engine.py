@@ -131,7 +131,7 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) ->
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(
         max_epochs=int(stage_cfg.epochs), max_steps=int(stage_cfg.max_steps), logger=logger, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
+        plugins=[AtomicCheckpointIO(run.record_hash)], log_every_n_steps=int(t.log_every_n_steps),
         gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=int(every) if every and every > 0 else int(stage_cfg.epochs) + 1,
         **kwargs,
@@ -163,10 +163,46 @@ def check_stages(cfg, module) -> None:
         )
 
 
+def check_trainer(cfg) -> None:
+    """What only this machine can say about ``trainer.*``, before any data is read: a GPU asked for where there
+    is none, more devices than there are, a strategy Lightning does not know, fp16 on the CPU. (Each value is
+    already in its domain: recipe validation.)"""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    t = cfg.trainer
+    accelerator, devices = str(t.accelerator), t.devices
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU (torch sees none): "
+                          "set trainer.accelerator=cpu (or auto), or run on a machine with a GPU")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but this machine has no Apple MPS device: set trainer.accelerator=cpu")
+    on_gpu = accelerator in ("gpu", "cuda") or accelerator == "auto" and gpus > 0
+    wanted = int(devices) if isinstance(devices, int) and devices > 0 else None
+    if on_gpu and wanted is not None and wanted > gpus:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {gpus} GPU(s): set trainer.devices to at "
+                          f"most {gpus} (or -1 / auto for all of them)")
+    if on_gpu and not isinstance(devices, (int, str)) and any(int(i) >= gpus for i in devices):
+        raise ConfigError(f"trainer.devices={list(devices)} names GPU ids this machine does not have (it has "
+                          f"{gpus}: ids 0..{gpus - 1})")
+    if accelerator == "auto" and not gpus and wanted is not None and wanted > 1:
+        raise ConfigError(f"trainer.devices={devices} with trainer.accelerator=auto, but this machine has no GPU: "
+                          f"set trainer.accelerator=cpu to train in {devices} CPU processes on purpose, or "
+                          "trainer.devices=1")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if str(t.strategy) not in strategies:
+        raise ConfigError(f"trainer.strategy={t.strategy!r} is not a Lightning strategy; choose one of: "
+                          f"{', '.join(strategies)}")
+    precision = str(t.precision) if t.precision is not None else None
+    if precision in ("16", "16-mixed", "16-true", "transformer-engine", "transformer-engine-float16") and not on_gpu:
+        raise ConfigError(f"trainer.precision={precision} needs a CUDA GPU; on the CPU use 32-true or bf16-mixed")
+
+
 def prepare(cfg):
-    """Cheapest checks first: the model config and its weights, then the data (parsed and
-    decoded once), then the model is built."""
+    """Cheapest checks first: the trainer against this machine, the model config and its weights, then the data
+    (parsed and decoded once), then the model is built."""
     task = get_task(str(cfg.task))
+    check_trainer(cfg)
     task.check_config(cfg)
     check_model_config(cfg.model)
     datamodule = task.build_datamodule(cfg)
@@ -203,7 +239,7 @@ def fit(cfg, run: RunDir) -> dict:
         print(line, flush=True)
         resume_from = run.last_checkpoint(name)
         if resume_from is not None:
-            verify_checkpoint(resume_from)
+            verify_checkpoint(resume_from, run)
         if resume_from is None and previous is not None:
             previous_ckpt = run.last_checkpoint(previous)
             if previous_ckpt is None:
@@ -212,7 +248,7 @@ def fit(cfg, run: RunDir) -> dict:
                     f"{run.checkpoint_dir(previous) / 'last.ckpt'} is missing; restore it, or remove '{previous}' "
                     "from state.json to train that stage again"
                 )
-            load_weights(module, previous_ckpt)
+            load_weights(module, previous_ckpt, run)
         if resume_from is not None:
             print(f"resuming stage '{name}' from {resume_from}", flush=True)
         datamodule.set_stage(stage.kind, stage.batch_size)

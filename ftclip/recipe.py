@@ -4,8 +4,9 @@ A recipe is a YAML file. It may start with a ``defaults:`` list naming pieces un
 ``configs/`` (``model/vit_b16``, ``trainer/gpu``, ...) that are merged first, in order; the
 recipe's own keys go on top, then command-line overrides ``a.b=value``. The result is merged
 into the task's structured schema (the shared pieces in :mod:`ftclip.config`, the task's own in
-``ftclip/tasks/<task>/schema.py``), so an unknown key, a wrong type or a missing required value
-is one :class:`ConfigError` naming the key -- before any model or data is touched.
+``ftclip/tasks/<task>/schema.py``), so an unknown key, a wrong type, a missing required value or
+a value outside the key's domain (:mod:`ftclip.domains`) is one :class:`ConfigError` naming the
+key -- before any run directory, model or data is touched.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ftclip.config import EXPORT_FORMATS, REPO_ROOT
+from ftclip.config import REPO_ROOT
+from ftclip.domains import check_values
 from ftclip.errors import ConfigError
-from ftclip.stages import OPTIMIZERS, SCHEDULES
 from ftclip.tasks import get_task, task_names
 
 
@@ -54,7 +55,7 @@ def _read_yaml(path: Path) -> DictConfig:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}{_yaml_problem(exc)}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     if data is None:
@@ -62,6 +63,18 @@ def _read_yaml(path: Path) -> DictConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     return OmegaConf.create(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``, line 5, column 1: not valid YAML: <what> (<while ...> at line 4)`` -- the parser's report on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        at = f" at line {context_mark.line + 1}" if context_mark is not None else ""
+        problem = f"{problem} ({context}{at})"
+    return f"{where}: not valid YAML: {problem}"
 
 
 def _compose(path: Path, configs_dir: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -139,39 +152,9 @@ def validate(raw: DictConfig, source: str) -> DictConfig:
         )
     if not cfg.stages:
         raise ConfigError(f"{source}: the recipe declares no stages")
-    _check_values(cfg, source)
+    check_values(cfg, schema, source)
     OmegaConf.set_readonly(cfg, False)
     return cfg
-
-
-def _check_values(cfg: DictConfig, source: str) -> None:
-    size = list(cfg.model.image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ConfigError(f"{source}: model.image_size must be [height, width] with positive values, got {size}")
-    unknown_formats = [f for f in cfg.run.export if f not in EXPORT_FORMATS]
-    if unknown_formats:
-        raise ConfigError(f"{source}: run.export names unknown format(s) {unknown_formats}; "
-                          f"choose from: {', '.join(EXPORT_FORMATS)}")
-    if cfg.model.interpolation not in ("bicubic", "bilinear"):
-        raise ConfigError(
-            f"{source}: model.interpolation '{cfg.model.interpolation}' is not one of bicubic, bilinear "
-            "(the modes an open_clip export can record)"
-        )
-    for name, stage in cfg.stages.items():
-        if not stage.train:
-            raise ConfigError(f"{source}: stages.{name}.train is empty: name the parameter groups it trains")
-        if stage.epochs < 1:
-            raise ConfigError(f"{source}: stages.{name}.epochs must be >= 1, got {stage.epochs}")
-        if stage.optimizer.lr <= 0:
-            raise ConfigError(f"{source}: stages.{name}.optimizer.lr must be > 0, got {stage.optimizer.lr}")
-        if stage.optimizer.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"{source}: stages.{name}.optimizer.name '{stage.optimizer.name}' is not one of {', '.join(OPTIMIZERS)}"
-            )
-        if stage.schedule.name not in SCHEDULES:
-            raise ConfigError(
-                f"{source}: stages.{name}.schedule.name '{stage.schedule.name}' is not one of {', '.join(SCHEDULES)}"
-            )
 
 
 def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:

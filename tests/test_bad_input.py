@@ -6,6 +6,7 @@ single ``ftclip: error: ...`` line naming the culprit, and that nothing was trai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -224,8 +225,7 @@ def test_non_finite_loss_stops_names_the_step_keeps_last_good_checkpoint(tiny_re
     assert "stage 'image'" in err and "step" in err and "--resume" in err
     # the last good checkpoint of the failing stage (if one was written) and the finished stage stay
     assert (run / "checkpoints" / "prompts" / "last.ckpt").is_file()
-    state = (run / "state.json").read_text()
-    assert "prompts" in state and "image" not in state
+    assert json.loads((run / "state.json").read_text())["completed"] == ["prompts"]
     image_ckpt = run / "checkpoints" / "image" / "last.ckpt"
     if image_ckpt.exists():
         assert f"the last good checkpoint {image_ckpt} was kept" in err
@@ -257,3 +257,81 @@ def test_output_dir_not_writable(tiny_reid_root, tmp_path, capsys):
         assert str(locked / "run") in err and "not writable" in err
     finally:
         locked.chmod(0o700)
+
+
+# --------------------------------------------------------------------------- issue 15: checked before any work
+def test_yaml_syntax_error_names_file_line_and_problem(tmp_path, capsys):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("task: reid\nname: x\nmodel:\n  name: ftclip-tiny-vit\n image_size: [64, 32]\n")
+    err = fit_error(capsys, str(recipe))
+    assert f"{recipe}, line 5, column 2: not valid YAML: " in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.accelerator=gpu", "trainer.accelerator=gpu but this machine has no CUDA GPU"),
+    ("trainer.accelerator=cuda", "trainer.accelerator=cuda but this machine has no CUDA GPU"),
+    ("trainer.devices=3", "trainer.devices=3 with trainer.accelerator=auto, but this machine has no GPU"),
+    ("trainer.strategy=ddp_turbo", "trainer.strategy='ddp_turbo' is not a Lightning strategy"),
+])
+def test_trainer_settings_this_machine_cannot_run(tiny_reid_root, tmp_path, capsys, monkeypatch, override, message):
+    """Before any data is read (data.root points nowhere), and the run directory it made is removed again."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "deep" / "runs" / "run"
+    args = [RECIPE, *overrides(tmp_path / "nowhere", tmp_path), f"run.dir={run}", "trainer.accelerator=auto", override]
+    err = fit_error(capsys, *args)
+    assert message in err
+    assert not run.exists() and not (tmp_path / "deep").exists()  # nothing half-made, not even the folders above
+
+
+def test_failed_start_keeps_a_run_directory_that_existed_empty(tmp_path, capsys):
+    run = tmp_path / "mine"
+    run.mkdir()
+    err = fit_error(capsys, RECIPE, *overrides(tmp_path / "nowhere", tmp_path), f"run.dir={run}")
+    assert "does not exist" in err
+    assert run.is_dir() and not any(run.iterdir())
+
+
+def _reid_csv(root: Path, tmp_path: Path, repeat: bool) -> Path:
+    rows = ["path,pid,camid,split"]
+    for split, folder in (("train", "bounding_box_train"), ("gallery", "bounding_box_test"), ("query", "query")):
+        for path in sorted((root / folder).glob("*.jpg")):
+            pid = int(path.name.split("_")[0])
+            if pid > 0:
+                rows.append(f"{path},{pid},{int(path.name.split('_')[1][1]) - 1},{split}")
+    if repeat:
+        rows.append(rows[1])  # the first training image, listed twice
+    csv = tmp_path / "reid.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+def test_a_repeated_csv_row_is_refused_by_fit_and_reported_by_data_check(tiny_reid_root, tmp_path, capsys):
+    csv = _reid_csv(tiny_reid_root, tmp_path, repeat=True)
+    first = csv.read_text().splitlines()[1].split(",")[0]
+    data = ["data.format=csv", f"data.csv={csv}", f"data.root={tmp_path}"]
+    err = fit_error(capsys, RECIPE, *overrides(tiny_reid_root, tmp_path), *data)
+    assert f"lists 1 image(s) more than once: {first} (2 times)" in err and "data.on_duplicate=first" in err
+    assert main(["data", "check", RECIPE, "data.synthetic=false", *data]) == 2
+    assert "more than once" in capsys.readouterr().out
+    assert main(["data", "check", RECIPE, "data.synthetic=false", *data, "data.on_duplicate=first"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the train split" in out and "dropped 1 repeated row(s)" in out and "data check: ok" in out
+
+
+def test_a_repeated_iqa_row_is_refused_or_dropped(tmp_path):
+    from ftclip.errors import DataError
+    from ftclip.recipe import load_recipe
+    from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
+    from ftclip.tasks import get_task
+
+    synth = write_synthetic_iqa(tmp_path / "iqa", num_pristine=2, num_eval=1, size=(64, 64), levels=2,
+                                kinds=("blur",), seed=0)
+    listing = synth / "eval.csv"
+    lines = listing.read_text().splitlines()
+    listing.write_text("\n".join(lines + [lines[1], lines[1]]) + "\n")
+    base = ["data.synthetic=false", f"data.images={synth / 'pristine'}", "data.levels=2", "data.check_images=false",
+            "eval.sets=[csv]", f"eval.csv.root={listing}"]
+    with pytest.raises(DataError, match=r"eval set 'csv' .* lists 1 image\(s\) more than once: .* \(3 times\)"):
+        get_task("iqa").build_datamodule(load_recipe("recipes/demo/iqa_synthetic.yaml", base))
+    dm = get_task("iqa").build_datamodule(load_recipe("recipes/demo/iqa_synthetic.yaml", [*base, "data.on_duplicate=first"]))
+    assert len(dm.eval_sets[0].samples) == len(lines) - 1 and "dropped 2 repeated row(s)" in dm.notes[0]

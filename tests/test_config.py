@@ -39,10 +39,10 @@ def test_main_recipe_needs_data_root():
         ("model.nmae=x", r"unknown key 'model\.nmae'"),
         ("stages.image.epochs=many", r"stages\.image\.epochs.*wrong type"),
         ("trainer.num_nodes=two", r"trainer\.num_nodes"),
-        ("stages.image.optimizer.name=lamb", r"optimizer\.name 'lamb'"),
+        ("stages.image.optimizer.name=lamb", r"optimizer\.name='lamb' is not allowed: it must be one of: adam"),
         ("model.image_size=[256]", r"model\.image_size"),
-        ("stages.prompts.train=[]", r"stages\.prompts\.train is empty"),
-        ("model.interpolation=area", r"model\.interpolation 'area'"),
+        ("stages.prompts.train=[]", r"stages\.prompts\.train=\[\] is not allowed: it must be a non-empty list"),
+        ("model.interpolation=area", r"model\.interpolation='area' is not allowed: it must be one of: bicubic"),
     ],
 )
 def test_bad_overrides_name_the_key(override, pattern):

@@ -128,3 +128,32 @@ def test_demo_training_exports_itself_and_embeds(tiny_reid_root, tmp_path):
     assert main(["embed", str(export_dir), str(folder), "--out", str(tmp_path / "q.npy")]) == 0
     assert main(["embed", str(tmp_path / "run"), str(folder), "--out", str(tmp_path / "q_run.npy")]) == 0
     assert np.abs(np.load(tmp_path / "q.npy") - np.load(tmp_path / "q_run.npy")).max() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["folder", "exists", "below a file", "read-only"])
+def test_output_path_is_checked_before_any_work(run_and_export, images, tmp_path, capsys, case):
+    """Each bad --out is one line, before the model is loaded or an image read (the same check as ftclip score)."""
+    import os
+
+    _, export_dir = run_and_export
+    out = {"folder": tmp_path / "feats.npy", "exists": tmp_path / "old.npy", "below a file": tmp_path / "a-file" / "f.npy",
+           "read-only": tmp_path / "locked" / "f.npy"}[case]
+    (tmp_path / "old.npy").write_bytes(b"keep me")
+    (tmp_path / "feats.npy").mkdir()
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o500)
+    if case == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes through permissions")
+    try:
+        assert main(["embed", str(export_dir), str(images), "--out", str(out)]) == 2
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err
+    assert {"folder": "is a folder", "exists": "already exists; pass --overwrite", "below a file": "is a file",
+            "read-only": "not writable"}[case] in err
+    assert (tmp_path / "old.npy").read_bytes() == b"keep me"
+    if case == "exists":
+        assert main(["embed", str(export_dir), str(images), "--out", str(out), "--overwrite"]) == 0
+        assert np.load(out).shape[0] == len(_good(images))

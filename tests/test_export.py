@@ -197,7 +197,8 @@ def test_unknown_format_in_recipe_fails_before_training(tiny_reid_root, tmp_path
 
     from conftest import tiny_reid_overrides
 
-    with pytest.raises(ConfigError, match=r"run.export names unknown format\(s\) \['torchscript'\]"):
+    with pytest.raises(ConfigError, match=r"run.export=\['torchscript'\] is not allowed: it must be a list \(each one "
+                                          r"of: open_clip, onnx\)"):
         load_recipe("recipes/demo/reid_synthetic.yaml",
                     tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"run.export": "[torchscript]"}))
 
@@ -209,9 +210,10 @@ def test_overwrite_replaces_and_verification_failure_keeps_the_old_export(tiny_r
     run, _ = make_cheap_run(tiny_reid_root, tmp_path / "run")
     out = tmp_path / "exp"
     assert main(["export", str(run.path), "--out", str(out)]) == 0
-    (out / "stale.txt").write_text("from an older export")
+    first = json.loads((out / "ftclip_export.json").read_text())
     assert main(["export", str(run.path), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "open_clip_model.safetensors").is_file()
+    assert (out / "open_clip_model.safetensors").is_file()
+    assert json.loads((out / "ftclip_export.json").read_text())["sha256"] == first["sha256"]  # same weights, same bytes
     before = (out / "ftclip_export.json").read_text()
 
     real_loader = export_mod.load_open_clip_export

@@ -170,3 +170,27 @@ def test_score_rejects_a_folder_that_is_neither_run_nor_export(tmp_path, capsys)
     img_dir.mkdir()
     assert main(["score", str(img_dir), str(img_dir)]) == 2
     assert "neither an ftclip run directory" in capsys.readouterr().err
+
+
+def test_score_of_only_unreadable_images_says_nothing_was_scored(qualiclip_run, tmp_path, capsys):
+    run, _ = qualiclip_run
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    assert main(["score", str(run.path), str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("skipped unreadable image" in line for line in err) == 2
+    assert err[-1].startswith("ftclip: error: none of the 2 image(s) could be read, so nothing was scored")
+
+
+def test_score_out_is_checked_before_any_work(qualiclip_run, synth, tmp_path, capsys):
+    run, _ = qualiclip_run
+    image = str(sorted((synth / "eval").glob("*.png"))[0])
+    assert main(["score", str(run.path), image, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "s.csv").write_text("mine")
+    assert main(["score", str(run.path), image, "--out", str(tmp_path / "s.csv")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and (tmp_path / "s.csv").read_text() == "mine"
+    assert main(["score", str(run.path), image, "--out", str(tmp_path / "s.csv"), "--overwrite", "--quiet"]) == 0
+    assert (tmp_path / "s.csv").read_text().startswith("path,score")

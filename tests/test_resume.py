@@ -19,6 +19,8 @@ from conftest import tiny_reid_overrides
 from ftclip.cli import main
 from ftclip.data.resume import ResumableDataLoader, SkippingBatchSampler
 from ftclip.data.samplers import PKBatchSampler
+from ftclip.errors import FtclipError
+from ftclip.runs import RunDir
 
 RECIPE = "recipes/demo/reid_synthetic.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,14 +80,13 @@ def test_loader_state_with_other_batch_count_is_refused():
     pids = [i // 4 for i in range(32)]
     loader = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2)),
                                  progress=lambda: (0, 0, False))
-    with pytest.raises(RuntimeError, match="batches per epoch"):
+    with pytest.raises(FtclipError, match="batches per epoch"):
         loader.load_state_dict({"epoch": 0, "done": 1, "total": 99})
 
 
 # --------------------------------------------------------------------------- damaged checkpoints
 def test_damaged_last_ckpt_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
     from ftclip.recipe import load_recipe
-    from ftclip.runs import RunDir
 
     run_dir = tmp_path / "run"
     run = RunDir.create(load_recipe(RECIPE, _overrides(tiny_reid_root, run_dir)))
@@ -99,7 +100,6 @@ def test_damaged_last_ckpt_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
 
 def test_completed_stage_without_checkpoint_is_a_clear_error(tiny_reid_root, tmp_path, capsys):
     from ftclip.recipe import load_recipe
-    from ftclip.runs import RunDir
 
     run_dir = tmp_path / "run"
     run = RunDir.create(load_recipe(RECIPE, _overrides(tiny_reid_root, run_dir)))
@@ -107,6 +107,33 @@ def test_completed_stage_without_checkpoint_is_a_clear_error(tiny_reid_root, tmp
     assert main(["fit", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "'prompts' is marked completed" in err and "last.ckpt is missing" in err
+
+
+def test_lightnings_checkpoints_carry_their_hashes_and_a_changed_batch_size_is_one_line(tiny_reid_root, tmp_path,
+                                                                                         capsys):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from ftclip.io import sha256_file
+
+    run_dir = tmp_path / "run"
+    assert main(["fit", RECIPE, *_overrides(tiny_reid_root, run_dir, **{"stages.image.max_steps": "1"})]) == 0
+    run = RunDir(run_dir)
+    hashes = json.loads(run.state_path.read_text())["hashes"]
+    assert sorted(hashes) == ["checkpoints/image/last.ckpt", "checkpoints/prompts/last.ckpt"]
+    assert all(sha256_file(run_dir / name) == digest for name, digest in hashes.items())
+
+    run.update_state(lambda state: state.update(completed=["prompts"]))  # as if stage 'image' had been interrupted
+    cfg = OmegaConf.load(run.config_path)
+    cfg.data.batch_size = 4  # the P x K batch of stage 'image' changes: another number of batches per epoch
+    run.config_path.write_text(OmegaConf.to_yaml(cfg))
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ftclip: error: cannot resume: the checkpoint was written with") and "batches per epoch" in err
+    assert err.endswith(f"the run is kept: continue it with `ftclip fit --resume {run_dir}`")
+    assert (run_dir / "checkpoints" / "image" / "last.ckpt").is_file()
 
 
 # --------------------------------------------------------------------------- end to end
@@ -129,7 +156,7 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "stage 2 never wrote a checkpoint"
-    assert not (run_dir / "state.json").exists() or "image" not in (run_dir / "state.json").read_text()
+    assert "image" not in RunDir(run_dir).completed_stages()
     killed_state = _state(ckpt)
     loader_state = killed_state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     total_steps = 2 * loader_state["total"]

@@ -33,10 +33,12 @@ from ftclip.version import __version__
 from ftclip.artifacts.inference import ImageEncoder, load_open_clip_export, select_feature
 from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CARD, OPEN_CLIP_CONFIG,
                                      OPEN_CLIP_WEIGHTS, TENSOR_FILES, TEXT_ONNX)
+from ftclip.artifacts.manifest import file_hashes, files_in, is_export, read_manifest, written_files
 from ftclip.config import EXPORT_FORMATS
 from ftclip.errors import FtclipError
+from ftclip.io import replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
-from ftclip.runs import RunDir, load_module_from_run
+from ftclip.runs import RunDir, is_run_dir, load_module_from_run
 
 log = logging.getLogger("ftclip")
 
@@ -298,34 +300,55 @@ Verified at export: reloaded by plain open_clip, `encode_image` max abs diff
 
 
 # ---------------------------------------------------------------------------------------- export
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FtclipError(f"export folder {out} already exists; pass --overwrite to replace it or choose another --out")
-    if out.exists() and not out.is_dir():
+def _run_around(path: Path) -> Path | None:
+    """The run directory ``path`` lies in (strictly below), if any."""
+    return next((parent for parent in path.parents if is_run_dir(parent)), None)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_out(out: Path, overwrite: bool, run_dir: Path) -> None:
+    """Where an export may go, checked before any work and again before the swap: never the run directory, a
+    folder above it, or anything inside a run but its ``export/``; an existing folder only with ``overwrite``,
+    and only if it is empty or a previous export (its manifest proves it) holding nothing the export did not
+    write -- so ``--overwrite`` can never delete a user's files or a run."""
+    resolved, run = out.resolve(), run_dir.resolve()
+    if resolved == run or run.is_relative_to(resolved):
+        what = "the run directory itself" if resolved == run else f"a folder that contains the run directory {run_dir}"
+        raise FtclipError(f"--out {out} is {what}: an export there would replace the run's checkpoints; choose a "
+                          f"folder outside it (the default is {run_dir / 'export'})")
+    around = _run_around(resolved)
+    if around is not None and resolved != around / "export":
+        raise FtclipError(f"--out {out} is inside the run directory {around}, where only {around / 'export'} holds "
+                          "an export; choose that folder or one outside the run")
+    if not out.exists():
+        return
+    if not out.is_dir():
         raise FtclipError(f"export path {out} exists and is not a folder; choose another --out")
+    if not overwrite:
+        raise FtclipError(f"export folder {out} already exists; pass --overwrite to replace it or choose another --out")
+    present = files_in(out)
+    if not present:
+        return
+    if not is_export(out):
+        raise FtclipError(f"export folder {out} exists and is not an ftclip export (no readable {EXPORT_META}): "
+                          "--overwrite only replaces a previous export; choose another --out, or empty it yourself")
+    foreign = [name for name in present if name not in written_files(read_manifest(out))]
+    if foreign:
+        raise FtclipError(f"export folder {out} holds {len(foreign)} file(s) its export did not write ({_few(foreign)}): "
+                          "--overwrite would delete them; move them out or choose another --out")
+
+
+def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
+    check_out(out, overwrite, run_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FtclipError(f"cannot create the folder {out.parent} for the export ({exc.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise FtclipError(f"folder {out.parent} is not writable; choose another --out")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False) -> Path:
@@ -341,7 +364,7 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         raise FtclipError(f"run {run_dir} has no completed stage with a checkpoint; nothing to export. "
                           f"Train it first (ftclip fit), or finish it with `ftclip fit --resume {run_dir}`")
     out = Path(out) if out is not None else run_dir / "export"
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, run_dir)
 
     module, cfg = load_module_from_run(run)
     module = module.cpu().eval()
@@ -420,6 +443,7 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         files[MODEL_CARD] = "model card"
 
         metrics = run.metrics()
+        checkpoint = run.final_checkpoint()
         meta.update({
             "format_version": 1,
             "name": str(cfg.name),
@@ -429,7 +453,8 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "lora_merged": lora_merged,
             "formats": formats,
             "run_dir": str(run_dir.resolve()),
-            "checkpoint": str(run.final_checkpoint()),
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint),
             "recipe_hash": config_hash(cfg),
             "recipe": to_yaml(cfg),
             "metrics": metrics,
@@ -440,8 +465,9 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "task_info": info,
         })
         meta["open_clip_one_liner"] = one_liner(meta, str(out.resolve()))
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / MODEL_CARD).write_text(model_card(meta, cfg, module.model_card(meta)), encoding="utf-8")
+        meta["sha256"] = file_hashes(tmp)  # every file but the manifest: checked by inference and `ftclip verify`
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         mask = os.umask(0)
         os.umask(mask)
         for file in tmp.iterdir():  # mkdtemp/safetensors create owner-only files: give them the usual mode
@@ -449,9 +475,8 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
                 os.fsync(fh.fileno())
             os.chmod(file, 0o666 & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
-        if out.exists() and not overwrite:  # appeared while we worked
-            raise FtclipError(f"export folder {out} appeared during the export; pass --overwrite or choose another --out")
-        _replace_dir(tmp, out)
+        check_out(out, overwrite, run_dir)  # again: the folder may have changed while we worked
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

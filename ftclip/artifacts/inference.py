@@ -29,7 +29,6 @@ height x width, normalise); camera embeddings (SIE) are not applied, as inferenc
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import warnings
@@ -44,10 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftclip.artifacts.layout import EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TENSOR_FILES
+from ftclip.artifacts.manifest import read_manifest, verify_export
 from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
-from ftclip.runs import RunDir, load_module_from_run
+from ftclip.runs import RunDir, load_module_from_run, note_once
 from ftclip.tasks import get_task
 
 
@@ -224,14 +224,13 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
     kind = path_kind(path)
     dev = _pick_device(device)
     if kind == "export":
-        meta_file = path / EXPORT_META
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FtclipError(f"{meta_file} is not readable JSON ({exc}); re-export the run") from None
+        meta = read_manifest(path)
         missing = [k for k in ("task", "image_size", "mean", "std") if k not in meta]
         if missing:
-            raise FtclipError(f"{meta_file} lacks {', '.join(missing)}; re-export the run with `ftclip export`")
+            raise FtclipError(f"{path / EXPORT_META} lacks {', '.join(missing)}; re-export the run with `ftclip export`")
+        if not verify_export(path, meta):  # every file's SHA-256 against the manifest
+            note_once(str(path), f"export {path} records no file hashes (written by an older ftclip): its files "
+                                 "are not checked")
         model = load_open_clip_export(path, dev)
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
 

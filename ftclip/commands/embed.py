@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("source", help="run directory (ftclip fit) or export folder (ftclip export)")
     p.add_argument("inputs", nargs="+", help="image files, folders or .csv lists of image paths")
     p.add_argument("--out", required=True, help="output file: .npy, .parquet or .csv")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--feature", choices=("proj", "final", "final+proj"), default=None,
@@ -75,12 +76,16 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
+    from ftclip.io import check_output_file
 
     out = Path(args.out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise FtclipError(f"--out {out}: unknown output type '{out.suffix}'; use one of {', '.join(OUTPUT_SUFFIXES)}")
     if args.batch_size < 1:
         raise FtclipError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_output_file(out, "--out", args.overwrite)
+    if out.suffix.lower() == ".npy":
+        check_output_file(paths_file(out), "--out's path list", args.overwrite)
     path_kind(args.source)
     paths = collect_inputs(args.inputs).paths
     model = load_for_inference(args.source, device=args.device)

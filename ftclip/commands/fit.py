@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from ftclip.errors import FtclipError
 
@@ -55,9 +56,11 @@ def run(args) -> int:
     os.environ[RUN_DIR_ENV] = str(run_dir.path)  # inherited by the DDP workers Lightning launches
     try:
         metrics = fit(cfg, run_dir)
-    except FtclipError:
-        if created:  # bad input found before any work: leave nothing half-made behind
-            run_dir.discard_if_unused()
+    except BaseException as exc:
+        if created and not run_dir.started():  # a failed start: leave nothing half-made behind
+            run_dir.discard()
+        elif is_main_process() and run_dir.started():
+            _say_resumable(exc, run_dir)
         raise
     finally:
         if saved is None:
@@ -69,6 +72,16 @@ def run(args) -> int:
     print(json.dumps(metrics, indent=2))
     print(f"done: {run_dir.path}")
     return 0
+
+
+def _say_resumable(exc: BaseException, run_dir) -> None:
+    """After training began, a failure keeps the run: say how to continue it (once)."""
+    hint = f"the run is kept: continue it with `ftclip fit --resume {run_dir.path}`"
+    if isinstance(exc, FtclipError):
+        if "--resume" not in str(exc):
+            exc.args = (f"{exc}; {hint}",)
+    elif not isinstance(exc, KeyboardInterrupt):  # the CLI says how to resume after an interrupt itself
+        print(f"ftclip: {type(exc).__name__} after training began; {hint}", file=sys.stderr, flush=True)
 
 
 def _worker_rank() -> int:

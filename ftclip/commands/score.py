@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("source", metavar="RUN_DIR_OR_EXPORT")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|CSV")
     p.add_argument("--out", metavar="CSV", help="write path,score[,mos] rows to this CSV file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
@@ -25,11 +26,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
-    from ftclip.io import atomic_write
+    from ftclip.io import atomic_write, check_output_file
     from ftclip.tasks.iqa.metrics import evaluate_iqa
 
     if args.batch_size < 1:
         raise FtclipError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:
+        check_output_file(args.out, "--out", args.overwrite)
     path_kind(args.source)
     inputs = collect_inputs(list(args.inputs))
     model = load_for_inference(args.source, device=args.device)
@@ -42,6 +45,9 @@ def run(args) -> int:
             scores[path] = float(value)
     for path, reason in bad:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+    if not scores:
+        raise FtclipError(f"none of the {len(inputs.paths)} image(s) could be read, so nothing was scored "
+                          f"(first: {bad[0][0]}: {bad[0][1]})")
     mos_column = inputs.column("mos")
     rows = [(str(p), scores[p], _number(mos_column.get(p))) for p in inputs.paths if p in scores]
     with_mos = any(m is not None for _, _, m in rows)
@@ -65,7 +71,7 @@ def run(args) -> int:
 
         atomic_write(args.out, write)
         print(f"wrote {args.out}")
-    return 0 if rows else 2
+    return 0
 
 
 def _number(text: str | None) -> float | None:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ftclip.data.resume import ResumableDataLoader, resumable_loader
+from ftclip.data.tables import drop_repeats
 
 
 class StagedDataModule(L.LightningDataModule, ABC):
@@ -26,6 +27,15 @@ class StagedDataModule(L.LightningDataModule, ABC):
         self.stage_kind = stage_kind
         self.stage_batch_size = int(cfg.data.batch_size)
         self.bad_images: list[tuple[str, str]] = []
+        self.notes: list[str] = []  # what loading changed (e.g. repeated rows dropped); `ftclip data check` warns
+
+    def drop_repeats(self, items: list, key, source: str) -> list:
+        """``items`` under the recipe's ``data.on_duplicate`` policy (ftclip/data/tables.py), noting what was dropped."""
+        kept, note = drop_repeats(items, key, str(self.cfg.data.on_duplicate), source)
+        if note is not None:
+            print(note, flush=True)
+            self.notes.append(note)
+        return kept
 
     def set_preprocess(self, preprocess) -> None:
         """Use the backbone's resolved input size, mean/std and interpolation."""

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from ftclip.errors import FtclipError
+
 
 class SkippingBatchSampler(Sampler):
     """Wraps a batch sampler; its next iteration can skip a given number of leading batches."""
@@ -69,9 +71,11 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done, total = int(state["epoch"]), int(state["done"]), int(state["total"])
         if total != len(self.batch_sampler):
-            raise RuntimeError(
-                f"the checkpoint was written with {total} training batches per epoch, this loader has "
-                f"{len(self.batch_sampler)}: the data or batch size changed since the run started"
+            raise FtclipError(
+                f"cannot resume: the checkpoint was written with {total} training batches per epoch, this loader has "
+                f"{len(self.batch_sampler)}: the data or the batch size changed since the run started; put them back "
+                "as they were (the batch sizes in RUN_DIR/config.yaml, the data set's files), or delete the stage's "
+                "last.ckpt to train that stage again from its beginning"
             )
         if state.get("finished") or done >= total:  # written at the epoch's end: the next one starts afresh
             epoch, done = epoch + 1, 0

@@ -1,10 +1,13 @@
-"""CSV tables of data sets: rows with their line numbers, one clear error for missing columns."""
+"""CSV tables of data sets: rows with their line numbers, one clear error for missing columns,
+and the policy for an image listed twice (``data.on_duplicate``)."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from ftclip.errors import DataError
 
@@ -52,3 +55,34 @@ def resolve_csv(root: Path, csv_path: str | Path | None, what: str) -> Path:
         found = f"found {names}" if files else "found none"
         raise DataError(f"format csv needs exactly one .csv file in {root} ({found}): pass csv_path")
     return files[0]
+
+
+#: ``data.on_duplicate``: an image listed more than once in a split is an error, or only its first row is kept
+DUPLICATE_POLICIES = ("error", "first")
+_SHOW = 5
+T = TypeVar("T")
+
+
+def drop_repeats(items: list[T], key: Callable[[T], str], policy: str, source: str) -> tuple[list[T], str | None]:
+    """``items`` without the later repeats of a ``key`` (an image path): a repeated image would count
+    twice in training and in the metrics.
+
+    Policy ``error``: one DataError naming ``source`` and the repeated images; ``first``: keep the first
+    item of each key. Returns the items kept and a note of what was dropped (None if nothing was).
+    """
+    counts = Counter(key(item) for item in items)
+    repeated = {k: n for k, n in counts.items() if n > 1}
+    if not repeated:
+        return items, None
+    listed = ", ".join(f"{k} ({n} times)" for k, n in list(repeated.items())[:_SHOW])
+    listed += f" and {len(repeated) - _SHOW} more" if len(repeated) > _SHOW else ""
+    if policy != "first":
+        raise DataError(
+            f"{source} lists {len(repeated)} image(s) more than once: {listed}; a repeated image counts twice in "
+            "training and in the metrics: remove the repeated rows, or set data.on_duplicate=first to keep the "
+            "first row of each"
+        )
+    seen: set[str] = set()
+    kept = [item for item in items if not (key(item) in seen or seen.add(key(item)))]
+    return kept, (f"{source}: dropped {len(items) - len(kept)} repeated row(s) of {len(repeated)} image(s) "
+                  f"(data.on_duplicate=first): {listed}")

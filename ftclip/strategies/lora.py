@@ -40,11 +40,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ftclip.backbone import Backbone
+from ftclip.config import LORA_ENCODERS as ENCODERS
+from ftclip.config import LORA_TARGETS as TARGETS
 from ftclip.config import LoraConfig
 from ftclip.errors import ConfigError, FtclipError
-
-ENCODERS = ("image", "text")
-TARGETS = ("attn", "mlp")
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_LAYERS = ("c_fc", "c_proj")
 KEY = "strategies.lora"

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from ftclip.config import EvalConfig, RecipeBase
+from ftclip.domains import NON_NEGATIVE_INT, POSITIVE_INT, within
 
 
 @dataclass
 class ToyData:
     root: str = MISSING  # a folder of images
-    batch_size: int = 4
-    num_workers: int = 0
+    batch_size: int = within(POSITIVE_INT, 4)  # every numeric key declares its domain (ftclip/domains.py)
+    num_workers: int = within(NON_NEGATIVE_INT, 0)
     pin_memory: bool = False
 
 

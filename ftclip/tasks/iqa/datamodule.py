@@ -147,6 +147,10 @@ def mos_train_transform(size, mean, std, flip_p: float, interpolation: str = "bi
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 
+def _path(sample: IqaSample) -> str:
+    return sample.path
+
+
 class IqaDataModule(StagedDataModule):
     def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
         super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="qualiclip")
@@ -206,8 +210,9 @@ class IqaDataModule(StagedDataModule):
             if data.root is None:
                 raise ConfigError("stage kind 'mos' trains on MOS labels: set data.root (and data.format: koniq10k, "
                                   "spaq, kadid10k, livec, csv or auto)")
-            self.labeled = load_iqa_dataset(data.format, data.root, split=data.split, csv_path=data.csv,
-                                            images_dir=data.images_dir)
+            self.labeled = self.drop_repeats(
+                load_iqa_dataset(data.format, data.root, split=data.split, csv_path=data.csv, images_dir=data.images_dir),
+                _path, f"the labeled set {data.root}")
             self.labeled_format = resolve_format(data.format, data.root, csv_path=data.csv).name
         self.eval_sets = []
         for name in self.cfg.eval.sets:
@@ -218,7 +223,9 @@ class IqaDataModule(StagedDataModule):
             if root is None:
                 raise ConfigError(f"eval.sets names '{name}' but eval.{name}.root is not set; "
                                   f"e.g. eval.{name}.root=/data/{name}")
-            samples = load_iqa_dataset(sc.format, root, split=sc.split, csv_path=sc.csv, images_dir=sc.images_dir)
+            samples = self.drop_repeats(
+                load_iqa_dataset(sc.format, root, split=sc.split, csv_path=sc.csv, images_dir=sc.images_dir),
+                _path, f"eval set '{name}' ({root})")
             self.eval_sets.append(EvalSet(str(name), samples))
         if data.check_images:
             every = self.unlabeled + [s.path for s in self.labeled] + [s.path for es in self.eval_sets for s in es.samples]

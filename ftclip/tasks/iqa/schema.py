@@ -6,36 +6,45 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ftclip.config import EvalConfig, LoraConfig, RecipeBase
+from ftclip.data.tables import DUPLICATE_POLICIES
+from ftclip.domains import (FINITE, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Each, Interval,
+                            OneOf, within)
+from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS
+
+OVERLAP = Interval(0, 1, low_open=True)
 
 
 @dataclass
 class IqaDataConfig:
     # stage qualiclip: unlabeled (pristine) images, one folder or a list of folders, searched recursively
     images: Any = None
-    levels: int = 5  # L: degradation levels per distortion (1..10)
-    distortions: List[str] = field(default_factory=lambda: [
+    levels: int = within(Interval(2, MAX_LEVELS, integer=True), 5)  # L: degradation levels per distortion
+    distortions: List[str] = within(Each(OneOf(*DEGRADATION_KINDS), min_length=1), factory=lambda: [
         "blur", "noise", "jpeg", "downscale", "brightness", "contrast", "saturation"])
-    min_overlap: float = 0.5  # the two crops of an image share at least this fraction of their area
-    max_overlap: float = 0.9  # ... and at most this fraction (so they are not identical)
+    min_overlap: float = within(OVERLAP, 0.5)  # the two crops of an image share at least this fraction of their area
+    max_overlap: float = within(OVERLAP, 0.9)  # ... and at most this fraction (so they are not identical)
     # stage mos: a labeled set (koniq10k, spaq, kadid10k, livec, csv or auto) with mean opinion scores
     format: str = "auto"
     root: Optional[str] = None
     split: Optional[str] = None  # koniq10k: train|val|test; csv: its split column; None: everything
     csv: Optional[str] = None  # format=csv: the list file (path,mos[,split]); default the one .csv in root
     images_dir: Optional[str] = None  # override the layout's image folder (relative to root)
-    mos_range: Optional[List[float]] = None  # [lo, hi] -> MOS mapped to [0, 1]; None: the format's scale
-    flip_p: float = 0.5  # stage mos: horizontal flip (CLIP-IQA+ uses flips only)
+    # [lo, hi] -> MOS mapped to [0, 1]; None: the format's scale
+    mos_range: Optional[List[float]] = within(Each(FINITE, length=2), None)
+    flip_p: float = within(FRACTION, 0.5)  # stage mos: horizontal flip (CLIP-IQA+ uses flips only)
     # ftclip's synthetic set (pristine/ + eval.csv), written to synthetic_dir if missing
     synthetic: bool = False
     synthetic_dir: str = "runs/_data/iqa_synthetic"
-    synthetic_images: int = 32  # pristine training images
-    synthetic_eval_images: int = 8  # eval sources (each degraded by every kind at every level)
-    synthetic_size: List[int] = field(default_factory=lambda: [96, 96])
-    batch_size: int = 16  # per device; stage qualiclip: images (each 2 x L crops)
-    num_workers: int = 4
+    synthetic_images: int = within(POSITIVE_INT, 32)  # pristine training images
+    synthetic_eval_images: int = within(POSITIVE_INT, 8)  # eval sources (each degraded by every kind at every level)
+    synthetic_size: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: [96, 96])
+    batch_size: int = within(POSITIVE_INT, 16)  # per device; stage qualiclip: images (each 2 x L crops)
+    num_workers: int = within(NON_NEGATIVE_INT, 4)
     pin_memory: bool = True
-    on_bad_image: str = "error"  # error | skip
+    on_bad_image: str = within(OneOf("error", "skip"), "error")
     check_images: bool = True  # decode every image once before training (bad files fail fast)
+    # an image listed twice in one set (a CSV row repeated): error, or keep the first row of each
+    on_duplicate: str = within(OneOf(*DUPLICATE_POLICIES), "error")
 
 
 @dataclass
@@ -67,9 +76,10 @@ class IqaEvalConfig(EvalConfig):
 @dataclass
 class AntonymConfig:
     pairs: List[List[str]] = field(default_factory=lambda: [["Good photo.", "Bad photo."]])
-    logit_scale: Optional[float] = 100.0  # fixed scale on cosine similarity; null: the model's own
-    context_tokens: int = 0  # > 0: CoOp shared learnable context (group `prompts`), CLIP-IQA+ uses 16
-    init_std: float = 0.02
+    logit_scale: Optional[float] = within(POSITIVE, 100.0)  # fixed scale on cosine similarity; null: the model's own
+    # > 0: CoOp shared learnable context (group `prompts`), CLIP-IQA+ uses 16
+    context_tokens: int = within(NON_NEGATIVE_INT, 0)
+    init_std: float = within(NON_NEGATIVE, 0.02)
 
 
 @dataclass

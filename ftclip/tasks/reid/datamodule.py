@@ -17,7 +17,7 @@ from ftclip.data.images import check_images, read_image
 from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import PKBatchSampler, ShardSampler
 from ftclip.data.transforms import apply, eval_transform, reid_train_transform
-from ftclip.errors import ConfigError, FtclipError
+from ftclip.errors import FtclipError
 from ftclip.tasks.reid.formats import ReidDataset, ReidSample, load_reid_dataset
 
 
@@ -65,6 +65,10 @@ class Indices(Dataset):
         return {"index": index}
 
 
+def _path(sample: ReidSample) -> str:
+    return sample.path
+
+
 class ReidDataModule(StagedDataModule):
     def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
         super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="image")
@@ -77,14 +81,16 @@ class ReidDataModule(StagedDataModule):
         if self.dataset is not None:
             return self.dataset
         data = self.cfg.data
-        if data.on_bad_image not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
         if data.synthetic and not Path(data.root).exists():
             from ftclip.tasks.reid.synthetic import write_synthetic_reid
 
             print(f"writing the synthetic re-ID set to {data.root} (data.synthetic=true)", flush=True)
             write_synthetic_reid(data.root, num_ids=int(data.synthetic_ids), seed=int(self.cfg.seed))
         dataset = load_reid_dataset(data.format, data.root, csv_path=data.csv)
+        where = f"of {dataset.name} data at {dataset.root}"
+        dataset = ReidDataset(dataset.name, dataset.root,
+                              *(self.drop_repeats(getattr(dataset, split), _path, f"the {split} split {where}")
+                                for split in ("train", "query", "gallery")), dataset.vehicle)
         if data.check_images:
             every = dataset.train + dataset.query + dataset.gallery
             _, bad = check_images([s.path for s in every], policy=data.on_bad_image,
