@@ -52,7 +52,7 @@ class OptimizerConfig:
     name: str = "adam"  # adam, adamw, sgd
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    bias_lr_factor: float = 1.0  # CLIP-ReID stage 2 uses 2.0
+    bias_lr_factor: float = 1.0  # lr x this for every parameter named *bias* (in_proj_bias too); CLIP-ReID stage 2: 2.0
     momentum: float = 0.9  # sgd only
     fused: Optional[bool] = None  # None: fused on CUDA, off on CPU
 
@@ -61,10 +61,12 @@ class OptimizerConfig:
 class ScheduleConfig:
     name: str = "constant"  # constant, cosine, warmup_multistep
     warmup_epochs: int = 0
-    warmup_lr: float = 1e-5  # cosine: absolute lr at epoch 0 of the warm-up
-    warmup_factor: float = 0.1  # warmup_multistep: factor at epoch 0 of the warm-up
+    # evaluated at the 1-based epoch t (CLIP-ReID's stepping, ftclip/stages.py): the first epoch (t = 1) is
+    # already one warm-up step above these, the warm-up lasts warmup_epochs - 1 epochs
+    warmup_lr: float = 1e-5  # cosine: the absolute lr the warm-up line starts from (t = 0)
+    warmup_factor: float = 0.1  # warmup_multistep: the factor the warm-up line starts from (t = 0)
     min_lr: float = 1e-6  # cosine floor
-    milestones: List[int] = field(default_factory=list)
+    milestones: List[int] = field(default_factory=list)  # 1-based epochs from which gamma applies once more
     gamma: float = 0.1
 
 
