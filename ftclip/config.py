@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from ftclip.errors import ConfigError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
@@ -27,7 +29,10 @@ class ModelConfig:
     image_size: List[int] = field(default_factory=lambda: [224, 224])  # [height, width]
     mean: Optional[List[float]] = None  # None: from the pretrained tag, else OpenAI's
     std: Optional[List[float]] = None
-    interpolation: str = "bicubic"  # bicubic | bilinear (what an open_clip export can record)
+    # resize kernel of evaluation, inference and the export's open_clip preprocessing (PIL, squash to
+    # image_size): bicubic | bilinear; None: the pretrained tag's (open_clip's), else bicubic
+    interpolation: Optional[str] = None
+    train_interpolation: Optional[str] = None  # resize kernel of training inputs; None: model.interpolation
     quick_gelu: Optional[bool] = None  # None: what the model config / pretrained tag says
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
     download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
@@ -105,6 +110,14 @@ class TrainerConfig:
 
 
 EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip is always written
+INTERPOLATIONS = ("bicubic", "bilinear")  # PIL resize kernels open_clip's preprocessing can record
+
+
+def check_interpolation(interpolation: str, key: str = "model.interpolation") -> str:
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"{key} '{interpolation}' is not one of {', '.join(INTERPOLATIONS)} "
+                          "(the resize kernels open_clip's preprocessing, and so an export, can record)")
+    return interpolation
 
 
 @dataclass

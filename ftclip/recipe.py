@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ftclip.config import EXPORT_FORMATS, REPO_ROOT
+from ftclip.config import EXPORT_FORMATS, REPO_ROOT, check_interpolation
 from ftclip.errors import ConfigError
 from ftclip.stages import OPTIMIZERS, SCHEDULES
 from ftclip.tasks import get_task, task_names
@@ -152,11 +152,12 @@ def _check_values(cfg: DictConfig, source: str) -> None:
     if unknown_formats:
         raise ConfigError(f"{source}: run.export names unknown format(s) {unknown_formats}; "
                           f"choose from: {', '.join(EXPORT_FORMATS)}")
-    if cfg.model.interpolation not in ("bicubic", "bilinear"):
-        raise ConfigError(
-            f"{source}: model.interpolation '{cfg.model.interpolation}' is not one of bicubic, bilinear "
-            "(the modes an open_clip export can record)"
-        )
+    for key in ("interpolation", "train_interpolation"):
+        if cfg.model[key] is not None:
+            try:
+                check_interpolation(str(cfg.model[key]), f"model.{key}")
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
     for name, stage in cfg.stages.items():
         if not stage.train:
             raise ConfigError(f"{source}: stages.{name}.train is empty: name the parameter groups it trains")

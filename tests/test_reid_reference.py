@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import tiny_reid_overrides
-from ftclip.config import load_recipe
+from ftclip.recipe import load_recipe
 from ftclip.data.samplers import PKBatchSampler, max_pk_batches
 from ftclip.engine import prepare
 
@@ -26,7 +26,7 @@ def test_stage1_cache_is_encoded_without_camera_embeddings(tiny_reid_root, tmp_p
     images = torch.cat([b["image"] for b in batches])
     camids = torch.cat([b["camid"] for b in batches])
     with torch.no_grad():
-        plain = module.backbone.reid_features(images).proj.float()
+        plain = module.features(images, None).proj.float()
         with_sie = module.features(images, camids).proj.float()
     torch.testing.assert_close(module.image_cache, plain)
     assert (with_sie - plain).abs().max() > 1e-3  # SIE would have moved them

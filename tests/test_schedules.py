@@ -62,6 +62,15 @@ class _Probe(StagedModule):
         self.lrs.append([g["lr"] for g in self.optimizers().param_groups])
         return (self.backbone.model.visual.conv1.weight.sum() + self.backbone.model.visual.ln_pre.bias.sum()) * 0.0
 
+    def embed(self, images):  # the task contract's export hooks; not used here
+        raise NotImplementedError
+
+    def export_info(self):
+        raise NotImplementedError
+
+    def export_tensors(self):
+        raise NotImplementedError
+
 
 def _ftclip_lrs(stage: StageConfig) -> list[list[float]]:
     module = _Probe(stage)

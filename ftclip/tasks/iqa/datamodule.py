@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ftclip.data.images import check_images, list_images, read_image
 from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import ShardSampler
-from ftclip.data.transforms import INTERPOLATION, apply, eval_transform
+from ftclip.data.transforms import Normalize, Resize, apply, eval_transform, normalize, resize
 from ftclip.errors import ConfigError, DataError
 from ftclip.tasks.iqa.degradations import degrade_levels
 from ftclip.tasks.iqa.formats import IqaSample, iqa_summary, load_iqa_dataset, resolve_format
@@ -66,9 +65,7 @@ def overlapping_crops(height: int, width: int, crop: tuple[int, int], rng: np.ra
 
 
 def _normalise(image: np.ndarray, mean, std) -> torch.Tensor:
-    x = image.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(normalize(image, mean, std).transpose(2, 0, 1)))
 
 
 class QualiclipCrops(Dataset):
@@ -79,7 +76,7 @@ class QualiclipCrops(Dataset):
         self.paths, self.size, self.mean, self.std = paths, size, mean, std
         self.levels, self.kinds = levels, kinds
         self.min_overlap, self.max_overlap = min_overlap, max_overlap
-        self.interpolation = INTERPOLATION[interpolation]
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,8 +90,7 @@ class QualiclipCrops(Dataset):
         if h * scale < ch * need and w * scale < cw * need:
             scale = max(scale, min(ch * need / h, cw * need / w))
         if scale > 1.0:
-            image = cv2.resize(image, (max(cw, math.ceil(w * scale)), max(ch, math.ceil(h * scale))),
-                               interpolation=self.interpolation)
+            image = resize(image, (max(ch, math.ceil(h * scale)), max(cw, math.ceil(w * scale))), self.interpolation)
         return image
 
     def __getitem__(self, key):
@@ -143,12 +139,11 @@ def mos_train_transform(size, mean, std, flip_p: float, interpolation: str = "bi
     import albumentations as A
 
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=INTERPOLATION[interpolation]), A.HorizontalFlip(p=flip_p),
-                      A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
+    return A.Compose([Resize(h, w, interpolation), A.HorizontalFlip(p=flip_p), Normalize(mean, std)], seed=0)
 
 
 class IqaDataModule(StagedDataModule):
-    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str | None = None):
         super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="qualiclip")
         self.unlabeled: list[str] = []
         self.labeled: list[IqaSample] = []
@@ -283,9 +278,9 @@ class IqaDataModule(StagedDataModule):
         if self.stage_kind == "qualiclip":
             dataset = QualiclipCrops(self.unlabeled, tuple(self.size), self.mean, self.std, int(d.levels),
                                      list(d.distortions), float(d.min_overlap), float(d.max_overlap),
-                                     self.interpolation)
+                                     self.train_interpolation)
         else:
-            transform = mos_train_transform(self.size, self.mean, self.std, float(d.flip_p), self.interpolation)
+            transform = mos_train_transform(self.size, self.mean, self.std, float(d.flip_p), self.train_interpolation)
             dataset = MosImages(self.labeled, transform, self.mos_range())
         sampler = ShardSampler(len(dataset), shuffle=True, seed=int(self.cfg.seed), rank=rank, world_size=world,
                                pad=True)
