@@ -1,4 +1,4 @@
-"""Stages: frozen groups stay bit-identical, trainable ones move (schedules: tests/test_schedules.py)."""
+"""Stages: frozen groups stay bit-identical, trainable ones move (schedules: tests/test_reid_schedules.py)."""
 
 from __future__ import annotations
 
