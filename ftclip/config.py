@@ -65,13 +65,15 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "constant"  # constant, cosine, warmup_multistep
+    # the epoch number t the schedule is evaluated at for the first epoch (ftclip/stages.py): 1 as CLIP-ReID
+    # steps its schedulers (then the first epoch is already one warm-up step above warmup_lr / warmup_factor
+    # and the warm-up lasts warmup_epochs - 1 epochs); 0 as torch's schedulers stepped after each epoch (pyiqa)
+    first_epoch: int = 1
     warmup_epochs: int = 0
-    # evaluated at the 1-based epoch t (CLIP-ReID's stepping, ftclip/stages.py): the first epoch (t = 1) is
-    # already one warm-up step above these, the warm-up lasts warmup_epochs - 1 epochs
     warmup_lr: float = 1e-5  # cosine: the absolute lr the warm-up line starts from (t = 0)
     warmup_factor: float = 0.1  # warmup_multistep: the factor the warm-up line starts from (t = 0)
     min_lr: float = 1e-6  # cosine floor
-    milestones: List[int] = field(default_factory=list)  # 1-based epochs from which gamma applies once more
+    milestones: List[int] = field(default_factory=list)  # epoch numbers t from which gamma applies once more
     gamma: float = 0.1
 
 

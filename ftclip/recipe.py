@@ -173,6 +173,8 @@ def _check_values(cfg: DictConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: stages.{name}.schedule.name '{stage.schedule.name}' is not one of {', '.join(SCHEDULES)}"
             )
+        if stage.schedule.first_epoch not in (0, 1):
+            raise ConfigError(f"{source}: stages.{name}.schedule.first_epoch must be 0 or 1, got {stage.schedule.first_epoch}")
 
 
 def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:

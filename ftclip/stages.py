@@ -20,6 +20,10 @@ multistep scheduler's constructor steps it to 0, then ``step()`` at each epoch s
   <= t)``: with milestones 30/50 of 60, epochs 1-29 run at the full rate (after warm-up),
   30-49 at x0.1, 50-60 at x0.01 (1-based);
 * ``constant``.
+
+``first_epoch: 0`` evaluates the same formulas at ``t = epoch`` instead (0-based): torch's own
+schedulers stepped at each epoch end, as pyiqa steps its ``CosineAnnealingLR`` (epoch 1 at the
+full lr, then ``min_lr + (lr - min_lr) (1 + cos(pi t / epochs)) / 2``).
 """
 
 from __future__ import annotations
@@ -199,11 +203,13 @@ SCHEDULES = {"constant": _constant, "cosine": _cosine, "warmup_multistep": _warm
 def lr_factor(cfg, base_lr: float, epochs: int, epoch: int) -> float:
     """The schedule's multiplier on ``base_lr`` for the 0-based training ``epoch``.
 
-    Evaluated at the reference's 1-based epoch number ``t = epoch + 1`` (module docstring).
+    Evaluated at the epoch number ``t = epoch + first_epoch``: 1-based by default, as the CLIP-ReID
+    reference steps its schedulers; ``first_epoch: 0`` as torch's schedulers stepped after each
+    epoch (pyiqa's ``CosineAnnealingLR``) -- see the module docstring.
     """
     if cfg.name not in SCHEDULES:
         raise ConfigError(f"schedule.name '{cfg.name}' is not one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch + 1)
+    return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch + int(cfg.first_epoch))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):

@@ -1,4 +1,4 @@
-"""The lr of every epoch against the CLIP-ReID reference's schedules, and its bias parameter group.
+"""The lr of every epoch against the CLIP-ReID reference's schedules (and pyiqa's), and the bias parameter group.
 
 The reference (Syliz517/CLIP-ReID) steps stage 1's timm-style cosine scheduler with
 ``scheduler.step(epoch)`` for ``epoch = 1..120`` before each epoch, and stage 2's warm-up
@@ -132,3 +132,17 @@ def test_bias_lr_factor_group_holds_every_parameter_named_bias():
     in_proj = {n for n in names_in_bias if n.endswith("attn.in_proj_bias")}
     assert len(in_proj) == len(backbone.visual.transformer.resblocks) > 0
     assert is_bias("model.visual.transformer.resblocks.0.attn.in_proj_bias") and not is_bias("prompts.ctx")
+
+
+def test_first_epoch_0_is_torch_cosine_annealing_stepped_after_each_epoch():
+    """pyiqa's CLIP-IQA+ setting: CosineAnnealingLR(T_max=50, eta_min=0), stepped at every epoch end."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50, eta_min=0.0)
+    want = []
+    for _ in range(50):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    stage = StageConfig(kind="mos", train=["image"], epochs=50, optimizer=OptimizerConfig(name="adam", lr=2e-3),
+                        schedule=ScheduleConfig(name="cosine", first_epoch=0, warmup_epochs=0, min_lr=0.0))
+    assert [g[0] for g in _ftclip_lrs(stage)] == pytest.approx(want, rel=1e-9, abs=1e-18)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from ftclip.errors import ConfigError, FtclipError
+from ftclip.strategies.prompts import CONTEXT_INITS, CONTEXT_LAYOUTS
 from ftclip.tasks.base import Task
 from ftclip.tasks.iqa.datamodule import IqaDataModule
-from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS
+from ftclip.tasks.iqa.degradations import ALL_KINDS, MAX_LEVELS
 from ftclip.tasks.iqa.losses import MOS_LOSS_KINDS, quality_score
 from ftclip.tasks.iqa.module import IqaModule
 from ftclip.tasks.iqa.schema import Schema
@@ -37,16 +38,19 @@ class IqaTask(Task):
             raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got '{data.on_bad_image}'")
         if not 2 <= int(data.levels) <= MAX_LEVELS:
             raise ConfigError(f"data.levels must be between 2 and {MAX_LEVELS} (ranking needs 2 levels), got {data.levels}")
-        unknown = [k for k in data.distortions if k not in DEGRADATION_KINDS]
+        unknown = [k for k in data.distortions if k not in ALL_KINDS]
         if unknown or not data.distortions:
             raise ConfigError(f"data.distortions {list(data.distortions)} must be a non-empty list of: "
-                              f"{', '.join(DEGRADATION_KINDS)}")
+                              f"{', '.join(ALL_KINDS)}")
         if not 0.0 < float(data.min_overlap) <= float(data.max_overlap) <= 1.0:
             raise ConfigError(f"data.min_overlap / data.max_overlap must satisfy 0 < min <= max <= 1, got "
                               f"{data.min_overlap} / {data.max_overlap}")
         if data.mos_range is not None and (len(data.mos_range) != 2 or not data.mos_range[1] > data.mos_range[0]):
             raise ConfigError(f"data.mos_range must be [low, high] with high > low, got {list(data.mos_range)}")
         antonym = cfg.strategies.antonym
+        for key, allowed in (("context_layout", CONTEXT_LAYOUTS), ("context_init", CONTEXT_INITS)):
+            if antonym[key] not in allowed:
+                raise ConfigError(f"strategies.antonym.{key} '{antonym[key]}' is not one of {', '.join(allowed)}")
         for name, stage in cfg.stages.items():
             if "prompts" in stage.train and int(antonym.context_tokens) <= 0:
                 raise ConfigError(

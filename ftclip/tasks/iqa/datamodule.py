@@ -31,6 +31,11 @@ from ftclip.tasks.iqa.degradations import degrade_levels
 from ftclip.tasks.iqa.formats import IqaSample, iqa_summary, load_iqa_dataset, resolve_format
 
 
+BUILTIN_EVAL_SETS = ("koniq", "spaq", "kadid", "livec", "csv", "synthetic", "synthetic_transfer")
+#: the synthetic sets' files under data.synthetic_dir (their root when eval.<name>.root is null)
+SYNTHETIC_EVAL_FILES = {"synthetic": "eval.csv", "synthetic_transfer": "transfer.csv"}
+
+
 @dataclass
 class EvalSet:
     name: str
@@ -160,13 +165,16 @@ class IqaDataModule(StagedDataModule):
         if not data.synthetic:
             return None
         root = Path(data.synthetic_dir)
-        if not (root / "eval.csv").is_file():
+        if not all((root / name).is_file() for name in ("eval.csv", "transfer.csv")):
             from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
 
             print(f"writing the synthetic IQA set to {root} (data.synthetic=true)", flush=True)
+            eval_size = data.synthetic_eval_size if data.synthetic_eval_size is not None else self.cfg.model.image_size
             write_synthetic_iqa(root, num_pristine=int(data.synthetic_images),
                                 num_eval=int(data.synthetic_eval_images),
-                                size=tuple(int(s) for s in data.synthetic_size), levels=int(data.levels),
+                                num_transfer=int(data.synthetic_transfer_images),
+                                size=tuple(int(s) for s in data.synthetic_size),
+                                eval_size=tuple(int(s) for s in eval_size), levels=int(data.levels),
                                 seed=int(self.cfg.seed), overwrite=True)  # eval.csv is written last: redo a partial set
         return root
 
@@ -174,10 +182,10 @@ class IqaDataModule(StagedDataModule):
         ev = self.cfg.eval
         if name in ev.extra:
             return ev.extra[name]
-        if name in ("koniq", "spaq", "kadid", "livec", "csv", "synthetic"):
+        if name in BUILTIN_EVAL_SETS:
             return ev[name]
         raise ConfigError(
-            f"eval.sets names '{name}', which is neither a built-in set (koniq, spaq, kadid, livec, csv, synthetic) "
+            f"eval.sets names '{name}', which is neither a built-in set ({', '.join(BUILTIN_EVAL_SETS)}) "
             f"nor a key of eval.extra; add eval.extra.{name}.format=... eval.extra.{name}.root=..."
         )
 
@@ -208,8 +216,8 @@ class IqaDataModule(StagedDataModule):
         for name in self.cfg.eval.sets:
             sc = self._eval_set_cfg(str(name))
             root = sc.root
-            if root is None and str(name) == "synthetic" and synthetic is not None:
-                root = str(synthetic / "eval.csv")
+            if root is None and str(name) in SYNTHETIC_EVAL_FILES and synthetic is not None:
+                root = str(synthetic / SYNTHETIC_EVAL_FILES[str(name)])
             if root is None:
                 raise ConfigError(f"eval.sets names '{name}' but eval.{name}.root is not set; "
                                   f"e.g. eval.{name}.root=/data/{name}")

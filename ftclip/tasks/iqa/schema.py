@@ -25,12 +25,16 @@ class IqaDataConfig:
     images_dir: Optional[str] = None  # override the layout's image folder (relative to root)
     mos_range: Optional[List[float]] = None  # [lo, hi] -> MOS mapped to [0, 1]; None: the format's scale
     flip_p: float = 0.5  # stage mos: horizontal flip (CLIP-IQA+ uses flips only)
-    # ftclip's synthetic set (pristine/ + eval.csv), written to synthetic_dir if missing
+    # ftclip's synthetic set (pristine/, eval.csv, transfer.csv), written to synthetic_dir if missing
     synthetic: bool = False
     synthetic_dir: str = "runs/_data/iqa_synthetic"
     synthetic_images: int = 32  # pristine training images
     synthetic_eval_images: int = 8  # eval sources (each degraded by every kind at every level)
-    synthetic_size: List[int] = field(default_factory=lambda: [96, 96])
+    synthetic_transfer_images: int = 8  # transfer sources: other content, degraded by the held-out kinds
+    synthetic_size: List[int] = field(default_factory=lambda: [96, 96])  # pristine images [height, width]
+    # eval and transfer images [height, width]; null: model.image_size (evaluated at their own pixel scale, as the
+    # training crops are, not resized)
+    synthetic_eval_size: Optional[List[int]] = None
     batch_size: int = 16  # per device; stage qualiclip: images (each 2 x L crops)
     num_workers: int = 4
     pin_memory: bool = True
@@ -60,6 +64,8 @@ class IqaEvalConfig(EvalConfig):
     csv: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
     # root null: <data.synthetic_dir>/eval.csv (ftclip's graded synthetic set, MOS = levels - level)
     synthetic: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
+    # root null: <data.synthetic_dir>/transfer.csv (other content, distortions training never saw)
+    synthetic_transfer: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
     extra: Dict[str, EvalSetConfig] = field(default_factory=dict)  # any other named sets
     plots: bool = True  # scatter plot (predicted vs MOS) per set into plots/ after each stage
 
@@ -68,7 +74,12 @@ class IqaEvalConfig(EvalConfig):
 class AntonymConfig:
     pairs: List[List[str]] = field(default_factory=lambda: [["Good photo.", "Bad photo."]])
     logit_scale: Optional[float] = 100.0  # fixed scale on cosine similarity; null: the model's own
-    context_tokens: int = 0  # > 0: CoOp shared learnable context (group `prompts`), CLIP-IQA+ uses 16
+    context_tokens: int = 0  # > 0: N learnable context vectors around each prompt (group `prompts`), CLIP-IQA+ uses 16
+    # pyiqa's CLIP-IQA+ (the defaults): one context per prompt, N/2 before and N/2 after its tokens, started from the
+    # "X" token's embedding; CoOp's: context_per_prompt false, context_layout front, context_init normal (init_std)
+    context_per_prompt: bool = True
+    context_layout: str = "middle"  # middle | front
+    context_init: str = "token"  # token | normal
     init_std: float = 0.02
 
 
