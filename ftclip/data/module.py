@@ -25,7 +25,7 @@ class StagedDataModule(L.LightningDataModule, ABC):
         # what the recipe says; set_preprocess puts the backbone's resolved values (tag mean/std/kernel) in place
         self.size, self.mean, self.std = preprocess_size, mean, std
         self.interpolation = interpolation or "bicubic"  # evaluation (and stage-1 cache) resize kernel
-        self.train_interpolation = getattr(cfg.model, "train_interpolation", None) or self.interpolation
+        self.train_interpolation = cfg.model.train_interpolation or self.interpolation
         self.stage_kind = stage_kind
         self.stage_batch_size = int(cfg.data.batch_size)
         self.bad_images: list[tuple[str, str]] = []
