@@ -29,6 +29,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from ftclip.config import INTERPOLATIONS, check_interpolation
 from ftclip.errors import ConfigError, FtclipError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -44,7 +45,15 @@ class Preprocess:
     image_size: tuple[int, int]  # (height, width)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # PIL resize kernel of evaluation / inference / the export (squash to image_size)
+    train_interpolation: str = "bicubic"  # PIL resize kernel of the training transforms
+    interpolation_source: str = "default"  # where ``interpolation`` came from (see resolve_interpolation)
+
+    def describe(self) -> str:
+        h, w = self.image_size
+        train = "" if self.train_interpolation == self.interpolation else f", training {self.train_interpolation}"
+        return (f"input {h}x{w}: PIL {self.interpolation} resize ({self.interpolation_source}){train}; "
+                f"mean {list(self.mean)}, std {list(self.std)}")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -196,8 +205,10 @@ class Backbone(nn.Module):
             load_weights(model, weights)
         mean = tuple(cfg.mean) if cfg.mean else tuple(tag_cfg.get("mean", OPENAI_DATASET_MEAN))
         std = tuple(cfg.std) if cfg.std else tuple(tag_cfg.get("std", OPENAI_DATASET_STD))
-        interpolation = str(tag_cfg.get("interpolation", cfg.interpolation))
-        preprocess = Preprocess((height, width), mean, std, interpolation)
+        interpolation, source = resolve_interpolation(cfg, tag_cfg)
+        train_interpolation = check_interpolation(str(cfg.train_interpolation or interpolation),
+                                                  "model.train_interpolation")
+        preprocess = Preprocess((height, width), mean, std, interpolation, train_interpolation, source)
         tokenizer = open_clip.get_tokenizer(name)
         backbone = cls(model, tokenizer, name, preprocess, bool(quick_gelu))
         if cfg.grad_checkpointing:
@@ -279,6 +290,23 @@ class Backbone(nn.Module):
             "std": list(self.preprocess.std),
             "interpolation": self.preprocess.interpolation,
         }
+
+
+def resolve_interpolation(cfg, tag_cfg: dict) -> tuple[str, str]:
+    """The evaluation resize kernel and where it came from: ``model.interpolation`` if set (it wins
+    over the pretrained tag; the note says when the tag's differs), else the tag's, else bicubic."""
+    tag = tag_cfg.get("interpolation")
+    if cfg.interpolation:
+        value = check_interpolation(str(cfg.interpolation))
+        differs = f"; the pretrained tag '{cfg.pretrained}' says {tag}" if tag and tag != value else ""
+        return value, f"model.interpolation{differs}"
+    if tag:
+        if tag not in INTERPOLATIONS:
+            raise ConfigError(f"the pretrained tag '{cfg.pretrained}' of {cfg.name} resizes with '{tag}', which open_clip's "
+                              f"inference preprocessing cannot record; set model.interpolation to one of "
+                              f"{', '.join(INTERPOLATIONS)}")
+        return str(tag), f"the pretrained tag '{cfg.pretrained}'"
+    return "bicubic", "default"
 
 
 def check_model_config(cfg) -> tuple[Path | None, dict]:

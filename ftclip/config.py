@@ -19,12 +19,13 @@ from omegaconf import MISSING
 from ftclip.domains import (FINITE, FRACTION, NAME, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Each,
                             Interval, OneOf, within)
 from ftclip.stages import OPTIMIZERS, SCHEDULES
+from ftclip.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
 
-INTERPOLATIONS = ("bicubic", "bilinear")  # the resize modes an open_clip export can record
+INTERPOLATIONS = ("bicubic", "bilinear")  # PIL resize kernels open_clip's preprocessing (and so an export) can record
 LORA_ENCODERS = ("image", "text")
 LORA_TARGETS = ("attn", "mlp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -43,8 +44,11 @@ class ModelConfig:
     image_size: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: [224, 224])  # [height, width]
     mean: Optional[List[float]] = within(Each(FINITE, length=3), None)  # None: from the pretrained tag, else OpenAI's
     std: Optional[List[float]] = within(Each(POSITIVE, length=3), None)
-    # what an open_clip export can record
-    interpolation: str = within(OneOf(*INTERPOLATIONS), "bicubic")
+    # resize kernel of evaluation, inference and the export's open_clip preprocessing (PIL, squash to
+    # image_size): bicubic | bilinear; None: the pretrained tag's (open_clip's), else bicubic
+    interpolation: Optional[str] = within(OneOf(*INTERPOLATIONS), None)
+    # resize kernel of training inputs; None: model.interpolation
+    train_interpolation: Optional[str] = within(OneOf(*INTERPOLATIONS), None)
     quick_gelu: Optional[bool] = None  # None: what the model config / pretrained tag says
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
     download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
@@ -70,7 +74,8 @@ class OptimizerConfig:
     name: str = within(OneOf(*OPTIMIZERS), "adam")
     lr: float = within(POSITIVE, 1e-4)
     weight_decay: float = within(NON_NEGATIVE, 1e-4)
-    bias_lr_factor: float = within(POSITIVE, 1.0)  # CLIP-ReID stage 2 uses 2.0
+    # lr x this for every parameter named *bias* (in_proj_bias too); CLIP-ReID stage 2: 2.0
+    bias_lr_factor: float = within(POSITIVE, 1.0)
     momentum: float = within(FRACTION, 0.9)  # sgd only
     fused: Optional[bool] = None  # None: fused on CUDA, off on CPU
 
@@ -78,11 +83,15 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     name: str = within(OneOf(*SCHEDULES), "constant")
+    # the epoch number t the schedule is evaluated at for the first epoch (ftclip/stages.py): 1 as CLIP-ReID
+    # steps its schedulers (then the first epoch is already one warm-up step above warmup_lr / warmup_factor
+    # and the warm-up lasts warmup_epochs - 1 epochs); 0 as torch's schedulers stepped after each epoch (pyiqa)
+    first_epoch: int = within(OneOf(0, 1), 1)
     warmup_epochs: int = within(NON_NEGATIVE_INT, 0)
-    warmup_lr: float = within(NON_NEGATIVE, 1e-5)  # cosine: absolute lr at epoch 0 of the warm-up
-    warmup_factor: float = within(FRACTION, 0.1)  # warmup_multistep: factor at epoch 0 of the warm-up
+    warmup_lr: float = within(NON_NEGATIVE, 1e-5)  # cosine: the absolute lr the warm-up line starts from (t = 0)
+    warmup_factor: float = within(FRACTION, 0.1)  # warmup_multistep: the factor the warm-up line starts from (t = 0)
     min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor
-    milestones: List[int] = within(Each(NON_NEGATIVE_INT), factory=list)  # epochs
+    milestones: List[int] = within(Each(NON_NEGATIVE_INT), factory=list)  # epoch numbers t from which gamma applies once more
     gamma: float = within(POSITIVE, 0.1)
 
 
@@ -124,6 +133,11 @@ class TrainerConfig:
 
 
 EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip is always written
+def check_interpolation(interpolation: str, key: str = "model.interpolation") -> str:
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"{key} '{interpolation}' is not one of {', '.join(INTERPOLATIONS)} "
+                          "(the resize kernels open_clip's preprocessing, and so an export, can record)")
+    return interpolation
 
 
 @dataclass

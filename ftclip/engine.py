@@ -209,6 +209,7 @@ def prepare(cfg):
     print(datamodule.summary(), flush=True)
     module = task.build_module(cfg, datamodule.info)
     datamodule.set_preprocess(module.backbone.preprocess)
+    print(module.backbone.preprocess.describe(), flush=True)
     check_stages(cfg, module)
     return module, datamodule
 

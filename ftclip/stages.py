@@ -4,14 +4,26 @@ A stage names parameter groups (``train: [image, head]``); :func:`freeze_for_sta
 ``requires_grad`` so that exactly those train and everything else is frozen (and put in
 eval mode where it has BatchNorm/Dropout state, so frozen really means frozen).
 
-Schedules are per-epoch factors on the base lr, as in the CLIP-ReID reference:
+Schedules are per-epoch factors on each parameter group's base lr, evaluated at the 1-based
+epoch number ``t = epoch + 1`` as the CLIP-ReID reference steps them (stage 1:
+``scheduler.step(epoch)`` with ``epoch = 1..E`` before each epoch; stage 2: the warm-up
+multistep scheduler's constructor steps it to 0, then ``step()`` at each epoch start):
 
-* ``cosine`` (stage 1): linear warm-up from ``warmup_lr`` over ``warmup_epochs``, then
-  ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` (timm's CosineLRScheduler
-  with ``warmup_prefix=False``, ``t_initial=epochs``);
+* ``cosine`` (stage 1): ``warmup_lr + t * (lr - warmup_lr) / warmup_epochs`` while
+  ``t < warmup_epochs``, then ``min_lr + (lr - min_lr) * (1 + cos(pi * t / epochs)) / 2``, and
+  ``min_lr`` from ``t = epochs`` on (timm's CosineLRScheduler, ``t_initial=epochs``,
+  ``warmup_prefix=False``, ``cycle_limit=1``). So the first epoch already runs at the first
+  warm-up step above ``warmup_lr`` (7.8e-5 with the reference's 1e-5 -> 3.5e-4 over 5 epochs),
+  ``warmup_lr`` itself is never used, and the last epoch runs at ``min_lr``;
 * ``warmup_multistep`` (stage 2): factor ``warmup_factor * (1 - a) + a`` with
-  ``a = epoch / warmup_epochs`` during warm-up, then ``gamma ** (number of milestones <= epoch)``;
+  ``a = t / warmup_epochs`` while ``t < warmup_epochs``, times ``gamma ** (number of milestones
+  <= t)``: with milestones 30/50 of 60, epochs 1-29 run at the full rate (after warm-up),
+  30-49 at x0.1, 50-60 at x0.01 (1-based);
 * ``constant``.
+
+``first_epoch: 0`` evaluates the same formulas at ``t = epoch`` instead (0-based): torch's own
+schedulers stepped at each epoch end, as pyiqa steps its ``CosineAnnealingLR`` (epoch 1 at the
+full lr, then ``min_lr + (lr - min_lr) (1 + cos(pi t / epochs)) / 2``).
 """
 
 from __future__ import annotations
@@ -123,13 +135,23 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def is_bias(name: str) -> bool:
+    """Whether a parameter gets ``bias_lr_factor``: ``"bias" in name`` (CLIP-ReID's
+    ``make_optimizer_2stage``), so ``attn.in_proj_bias`` counts as well as ``*.bias``."""
+    return "bias" in name
+
+
 def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg) -> torch.optim.Optimizer:
-    """Adam/AdamW/SGD over the trainable params; biases get ``lr * bias_lr_factor``."""
+    """Adam/AdamW/SGD over the trainable params; biases get ``lr * bias_lr_factor``.
+
+    A bias is every parameter whose name contains ``bias`` (:func:`is_bias`), as the CLIP-ReID
+    reference matches them: that includes the attentions' fused ``in_proj_bias``.
+    """
     if not named_params:
         raise ConfigError("the stage has no trainable parameters")
     base, bias = [], []
     for name, param in named_params:
-        (bias if name.endswith(".bias") else base).append(param)
+        (bias if is_bias(name) else base).append(param)
     groups = [{"params": base, "lr": cfg.lr}]
     if bias:
         groups.append({"params": bias, "lr": cfg.lr * cfg.bias_lr_factor})
@@ -152,36 +174,49 @@ OPTIMIZERS = {
 }
 
 
-def _constant(cfg, base_lr: float, epochs: int, epoch: int) -> float:
+def _constant(cfg, base_lr: float, epochs: int, t: int) -> float:
     return 1.0
 
 
-def _cosine(cfg, base_lr: float, epochs: int, epoch: int) -> float:
-    if epoch < cfg.warmup_epochs:
-        lr = cfg.warmup_lr + epoch * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+def _cosine(cfg, base_lr: float, epochs: int, t: int) -> float:
+    if t < cfg.warmup_epochs:
+        lr = cfg.warmup_lr + t * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+    elif t >= epochs:
+        lr = cfg.min_lr
     else:
-        lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+        lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t / epochs))
     return lr / base_lr
 
 
-def _warmup_multistep(cfg, base_lr: float, epochs: int, epoch: int) -> float:
+def _warmup_multistep(cfg, base_lr: float, epochs: int, t: int) -> float:
     warm = 1.0
-    if epoch < cfg.warmup_epochs:
-        alpha = epoch / cfg.warmup_epochs
+    if t < cfg.warmup_epochs:
+        alpha = t / cfg.warmup_epochs
         warm = cfg.warmup_factor * (1 - alpha) + alpha
-    return warm * cfg.gamma ** bisect.bisect_right(list(cfg.milestones), epoch)
+    return warm * cfg.gamma ** bisect.bisect_right(list(cfg.milestones), t)
 
 
-#: Schedule name -> factor(ScheduleConfig, base lr, epochs, epoch) (the one table of names).
+#: Schedule name -> factor(ScheduleConfig, base lr, epochs, t) at the 1-based epoch number t (the one table of names).
 SCHEDULES = {"constant": _constant, "cosine": _cosine, "warmup_multistep": _warmup_multistep}
 
 
 def lr_factor(cfg, base_lr: float, epochs: int, epoch: int) -> float:
-    """The schedule's multiplier on ``base_lr`` for a (0-based) epoch."""
+    """The schedule's multiplier on ``base_lr`` for the 0-based training ``epoch``.
+
+    Evaluated at the epoch number ``t = epoch + first_epoch``: 1-based by default, as the CLIP-ReID
+    reference steps its schedulers; ``first_epoch: 0`` as torch's schedulers stepped after each
+    epoch (pyiqa's ``CosineAnnealingLR``) -- see the module docstring.
+    """
     if cfg.name not in SCHEDULES:
         raise ConfigError(f"schedule.name '{cfg.name}' is not one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch)
+    return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch + int(cfg.first_epoch))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, base_lr: float, epochs: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, base_lr, epochs, epoch))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
+    """A per-epoch ``LambdaLR``, one factor per parameter group on that group's own base lr
+    (so a cosine warm-up starts every group at ``warmup_lr`` and ends it at ``min_lr``, as the
+    reference does per group). Lightning steps it at each epoch end: epoch ``e`` runs at
+    ``lr_factor(.., e)``."""
+    lambdas = [lambda epoch, base=float(group["lr"]): lr_factor(cfg, base, epochs, epoch)
+               for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

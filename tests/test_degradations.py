@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS, degrade, degrade_levels, level_strength
+from ftclip.tasks.iqa.degradations import (ALL_KINDS, DEGRADATION_KINDS, HELDOUT_KINDS, MAX_LEVELS, degrade,
+                                           degrade_levels, level_strength)
 from ftclip.errors import ConfigError, DataError
 
 
@@ -88,30 +89,38 @@ KIND_STATISTIC = {
     "brightness": (lambda img: float(img.mean()), -1, IMAGE),
     "contrast": (lambda img: float(_gray(img).std()), -1, IMAGE),
     "saturation": (_saturation, -1, IMAGE),
+    "motion_blur": (_sharpness, -1, IMAGE),
+    "impulse_noise": (lambda img: float(np.isin(img, (0, 255)).all(-1).mean()), +1, IMAGE),
+    "pixelate": (lambda img: float((np.diff(_gray(img), axis=1) == 0).mean()), +1, IMAGE),  # flat runs of blocks
+    "quantize": (lambda img: float((np.diff(_gray(img), axis=1) == 0).mean()), +1, SMOOTH),  # flat bands
+    "overexpose": (lambda img: float((img == 255).mean()), +1, SMOOTH),  # clipped highlights
+    "oversharpen": (_sharpness, +1, SMOOTH),
 }
 
 
 def test_every_kind_has_a_statistic() -> None:
-    assert set(KIND_STATISTIC) == set(DEGRADATION_KINDS)
+    assert set(KIND_STATISTIC) == set(ALL_KINDS)
+    assert not set(DEGRADATION_KINDS) & set(HELDOUT_KINDS)
 
 
 @pytest.mark.parametrize("num_levels", [5, 3])
-@pytest.mark.parametrize("kind", DEGRADATION_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_psnr_strictly_decreases_with_level(kind: str, num_levels: int) -> None:
-    levels = degrade_levels(IMAGE, kind, num_levels=num_levels, seed=0)
-    psnr = [_psnr(IMAGE, img) for img in levels]
+    image = SMOOTH if kind == "pixelate" else IMAGE  # blocks of the test card's near-Nyquist chirps alias
+    levels = degrade_levels(image, kind, num_levels=num_levels, seed=0)
+    psnr = [_psnr(image, img) for img in levels]
     assert _strictly(psnr, -1), psnr
 
 
 @pytest.mark.parametrize("num_levels", [5, 3])
-@pytest.mark.parametrize("kind", DEGRADATION_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_kind_statistic_is_monotone(kind: str, num_levels: int) -> None:
     stat, direction, image = KIND_STATISTIC[kind]
     values = [stat(img) for img in [image, *degrade_levels(image, kind, num_levels=num_levels, seed=0)]]
     assert _strictly(values, direction), values
 
 
-@pytest.mark.parametrize("kind", DEGRADATION_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_level_zero_is_identity_and_output_format(kind: str) -> None:
     original = IMAGE.copy()
     same = degrade(IMAGE, kind, 0)
@@ -132,6 +141,12 @@ def test_documented_strength_table() -> None:
         "brightness": [0.86, 0.72, 0.58, 0.44, 0.30],
         "contrast": [0.84, 0.68, 0.52, 0.36, 0.20],
         "saturation": [0.80, 0.60, 0.40, 0.20, 0.00],
+        "motion_blur": [3, 5, 7, 9, 11],
+        "impulse_noise": [0.024, 0.048, 0.072, 0.096, 0.12],
+        "pixelate": [0.5, 0.333, 0.25, 0.2, 0.167],
+        "quantize": [34, 18, 10, 5, 3],
+        "overexpose": [1.24, 1.48, 1.72, 1.96, 2.2],
+        "oversharpen": [0.6, 1.2, 1.8, 2.4, 3.0],
     }
     for kind, expected in table.items():
         got = [level_strength(kind, level, 5) for level in range(1, 6)]
@@ -140,15 +155,17 @@ def test_documented_strength_table() -> None:
 
 @pytest.mark.parametrize("num_levels", range(1, MAX_LEVELS + 1))
 def test_strength_strictly_monotone_for_every_level_count(num_levels: int) -> None:
-    identity = {"blur": 0.0, "noise": 0.0, "jpeg": 100.0, "downscale": 1.0}
-    for kind in DEGRADATION_KINDS:
+    identity = {"blur": 0.0, "noise": 0.0, "jpeg": 100.0, "downscale": 1.0, "impulse_noise": 0.0, "quantize": 256.0,
+                "oversharpen": 0.0}
+    rising = ("blur", "noise", "motion_blur", "impulse_noise", "overexpose", "oversharpen")
+    for kind in ALL_KINDS:
         values = [level_strength(kind, level, num_levels) for level in range(num_levels + 1)]
         assert values[0] == identity.get(kind, 1.0)
-        direction = 1 if kind in ("blur", "noise") else -1
+        direction = 1 if kind in rising else -1
         assert _strictly(values, direction), (kind, values)
 
 
-@pytest.mark.parametrize("kind", DEGRADATION_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_same_seed_same_bytes(kind: str) -> None:
     a = degrade(IMAGE, kind, 2, seed=123)
     b = degrade(IMAGE, kind, 2, seed=123)

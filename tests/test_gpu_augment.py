@@ -4,7 +4,7 @@ Checked on CPU (the code is the same torch ops on any device): exact geometry of
 crop + normalise against numpy for given draws; the draws' distributions (flip rate, crop
 offsets, erasing rate, box area and aspect) against albumentations' own; per-pixel mean and
 std maps over thousands of augmentations of one image against the albumentations pipeline;
-and the uint8 cache holds exactly what ``A.Resize`` gives.
+and the uint8 cache holds exactly what the CPU pipeline's first step (its resize) gives.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from ftclip.tasks.reid.gpu_augment import ReidDeviceAugment, build_uint8_cache, cache_nbytes
 from ftclip.data.images import read_image
-from ftclip.data.transforms import PixelErasing, INTERPOLATION, apply, reid_train_transform
+from ftclip.data.transforms import PixelErasing, apply, reid_train_transform
 from ftclip.errors import ConfigError
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -168,12 +168,13 @@ def test_bad_arguments_are_clear_errors():
         aug(torch.zeros(2, 3, 16, 8))
 
 
-def test_uint8_cache_holds_exactly_the_resized_images(tiny_reid_root):
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_uint8_cache_holds_exactly_the_resized_images(tiny_reid_root, interpolation):
     paths = sorted(str(p) for p in (tiny_reid_root / "bounding_box_train").glob("*.jpg"))[:6]
-    cache = build_uint8_cache(paths, (64, 32), "bicubic", workers=2)
+    cache = build_uint8_cache(paths, (64, 32), interpolation, workers=2)
     assert cache.dtype == torch.uint8 and cache.shape == (6, 3, 64, 32)
     assert cache.numel() == cache_nbytes(6, (64, 32))
-    resize = A.Resize(64, 32, interpolation=INTERPOLATION["bicubic"])
+    resize = reid_train_transform((64, 32), MEAN, STD, interpolation=interpolation).transforms[0]  # the step it replaces
     for i, path in enumerate(paths):
         ref = resize(image=read_image(path))["image"].transpose(2, 0, 1)
         assert np.array_equal(cache[i].numpy(), ref)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ftclip.errors import ConfigError
-from ftclip.tasks.iqa.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses, quality_score
+from ftclip.tasks.iqa.losses import (QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses,
+                                     quality_logit, quality_score)
 from ftclip.tasks.reid.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss, supcon_loss
 
 ATOL = 1e-6
@@ -299,3 +300,29 @@ def test_quality_score_single_pair_and_scale_invariance() -> None:
     torch.testing.assert_close(one, quality_score(3.0 * img, 2.0 * pos[None], neg[None], logit_scale=10.0))
     with pytest.raises(ValueError, match="neg_text"):
         quality_score(img, _rand(2, 6), _rand(3, 6))
+
+
+def test_quality_logit_is_the_log_odds_of_the_score() -> None:
+    img, pos, neg = _rand(6, 8, seed=25), _rand(3, 8, seed=26), _rand(3, 8, seed=27)
+    x = torch.nn.functional.normalize(img.double(), dim=-1)
+    z = 10.0 * (x @ torch.nn.functional.normalize(pos.double(), dim=-1).t()
+                - x @ torch.nn.functional.normalize(neg.double(), dim=-1).t())
+    score = torch.sigmoid(z).mean(dim=1)  # plain: mean over pairs of the positive's probability
+    logit = quality_logit(img, pos, neg, logit_scale=10.0)
+    assert logit.dtype == torch.float64
+    torch.testing.assert_close(logit, torch.log(score) - torch.log1p(-score), rtol=0, atol=1e-12)
+    torch.testing.assert_close(quality_score(img, pos, neg, logit_scale=10.0), score, rtol=0, atol=1e-15)
+
+
+def test_saturated_scores_keep_their_order_in_the_logit() -> None:
+    """Cosine margins 0.30 / 0.31 / 0.32 at s = 100: float32 softmax gives 1.0 three times; the log-odds don't."""
+    pos, neg = torch.eye(3)[0], torch.eye(3)[1]
+    margins = torch.tensor([0.30, 0.31, 0.32], dtype=torch.float64)
+    cp, cn = 0.5 + margins / 2, 0.5 - margins / 2
+    img = torch.stack([cp, cn, (1 - cp ** 2 - cn ** 2).sqrt()], dim=1).float()
+    float32 = (100.0 * torch.stack([img @ pos, img @ neg], -1)).softmax(-1)[:, 0]
+    assert float32.tolist() == [1.0, 1.0, 1.0]  # what the score used to be: three ties
+    logit = quality_logit(img, pos, neg, logit_scale=100.0)
+    torch.testing.assert_close(logit, 100.0 * margins, rtol=0, atol=1e-4)  # one pair: the logit margin itself
+    score = quality_score(img, pos, neg, logit_scale=100.0)
+    assert bool((score.diff() > 0).all()) and bool((score < 1.0).all())  # strictly monotone in the margin

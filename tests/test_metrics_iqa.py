@@ -76,3 +76,21 @@ def test_constant_input_gives_nan_with_warning() -> None:
 def test_bad_inputs_raise(pred, mos, message: str) -> None:
     with pytest.raises(FtclipError, match=message):
         evaluate_iqa(pred, mos)
+
+
+def test_srcc_comes_from_the_log_odds_when_scores_saturate(tmp_path) -> None:
+    """Scores pinned at 1.0 tie; their log-odds keep the order, and SRCC is computed from those."""
+    from scipy.stats import spearmanr
+
+    from ftclip.tasks.iqa.plots import plot_scatter
+
+    mos = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    logits = [0.5, 18.0, 25.0, 21.0, 30.0, 40.0]
+    scores = torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()  # what float32 scoring gave
+    assert scores[1:] == [1.0] * 5
+    tied = evaluate_iqa(scores, mos)
+    ranked = evaluate_iqa(scores, mos, logits)
+    assert ranked["srcc"] == pytest.approx(spearmanr(logits, mos)[0])
+    assert ranked["srcc"] != pytest.approx(tied["srcc"]) and ranked["plcc"] == tied["plcc"]
+    out = plot_scatter(tmp_path / "s.png", scores, mos, logits, title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,3 +72,29 @@ def test_shared_context_prompts(backbone):
     feats = shared.text_features(backbone)
     assert feats.shape == (2, backbone.embed_dim)
     assert shared.ctx.shape == (16, backbone.text_width)
+
+
+def test_clip_iqa_plus_context_layout_is_pyiqa_s(backbone):
+    """Per prompt, from the "X" token, split 8 + the prompt's tokens + 8 (pyiqa's CLIP-IQA+ PromptLearner)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    texts = ["Good photo..", "Bad photo.."]
+    ctx = SharedPrompts(backbone, texts, num_tokens=16, per_prompt=True, layout="middle", init="token")
+    assert ctx.ctx.shape == (2, 16, backbone.text_width)
+    tokens = backbone.tokenize(["X " * 16 + t for t in texts])
+    emb = backbone.embed_tokens(tokens).detach()
+    assert torch.equal(ctx.ctx.detach(), emb[:, 1:17])  # started from the X tokens' embeddings
+    with torch.no_grad():
+        ctx.ctx.normal_()  # a trained context: every position must land where pyiqa puts it
+    rows = []
+    for i, text in enumerate(texts):
+        name_len = len(SimpleTokenizer().encode(text))  # "good photo .." = 3 tokens
+        prefix, suffix = emb[i:i + 1, :1], emb[i:i + 1, 17:]
+        rows.append(torch.cat([prefix, ctx.ctx[i:i + 1, :8], suffix[:, :name_len], ctx.ctx[i:i + 1, 8:],
+                               suffix[:, name_len:]], dim=1))
+    want = backbone.encode_text_embeddings(torch.cat(rows), tokens.argmax(dim=-1))
+    torch.testing.assert_close(ctx.text_features(backbone), want)
+    front = SharedPrompts(backbone, texts, num_tokens=16)  # CoOp: one shared N(0, 0.02) context in front
+    assert front.ctx.shape == (16, backbone.text_width) and 0.01 < front.ctx.std().item() < 0.03
+    with pytest.raises(ConfigError, match="layout"):
+        SharedPrompts(backbone, texts, layout="end")

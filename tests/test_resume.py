@@ -158,9 +158,11 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     assert ckpt.exists(), "stage 2 never wrote a checkpoint"
     assert "image" not in RunDir(run_dir).completed_stages()
     killed_state = _state(ckpt)
+    ref = _state(ref_dir / "checkpoints" / "image" / "last.ckpt")
     loader_state = killed_state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    total_steps = 2 * loader_state["total"]
-    assert 0 < killed_state["global_step"] < total_steps, "the kill should land inside stage 2"
+    # the P x K sampler's len() is an upper bound per epoch (an epoch may yield fewer batches)
+    assert ref["global_step"] <= 2 * loader_state["total"]
+    assert 0 < killed_state["global_step"] < ref["global_step"], "the kill should land inside stage 2"
     prompts_ckpt = run_dir / "checkpoints" / "prompts" / "last.ckpt"
     prompts_mtime = prompts_ckpt.stat().st_mtime_ns
     # a truncated temp file from a write the kill interrupted is never trusted
@@ -172,8 +174,8 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     assert f"resuming stage 'image' from {ckpt}" in out
     assert prompts_ckpt.stat().st_mtime_ns == prompts_mtime
 
-    ref, got = _state(ref_dir / "checkpoints" / "image" / "last.ckpt"), _state(ckpt)
-    assert got["global_step"] == ref["global_step"] == total_steps
+    got = _state(ckpt)
+    assert got["global_step"] == ref["global_step"]
     assert ref["state_dict"].keys() == got["state_dict"].keys()
     for key, value in ref["state_dict"].items():
         assert torch.equal(value, got["state_dict"][key]), key

@@ -1,20 +1,15 @@
-"""Stages: frozen groups stay bit-identical, trainable ones move; schedules follow the reference."""
+"""Stages: frozen groups stay bit-identical, trainable ones move (schedules: tests/test_reid_schedules.py)."""
 
 from __future__ import annotations
-
-import math
 
 import lightning as L
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import tiny_reid_overrides
-from ftclip.config import ScheduleConfig
 from ftclip.recipe import load_recipe
 from ftclip.engine import fit, prepare
 from ftclip.runs import RunDir
-from ftclip.stages import lr_factor
 
 DEMO = "recipes/demo/reid_synthetic.yaml"
 
@@ -70,27 +65,3 @@ def test_loss_settings_are_checked_before_training(tiny_reid_root, tmp_path, ove
     cfg = load_recipe(DEMO, tiny_reid_overrides(tiny_reid_root, tmp_path / "run") + [override])
     with pytest.raises(ConfigError, match=pattern):
         prepare(cfg)
-
-
-def _cfg(**kw):
-    return OmegaConf.structured(ScheduleConfig(**kw))
-
-
-def test_cosine_schedule_matches_reference_formula():
-    cfg = _cfg(name="cosine", warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)
-    base, epochs = 3.5e-4, 120
-    lrs = [base * lr_factor(cfg, base, epochs, e) for e in range(epochs)]
-    assert lrs[0] == pytest.approx(1e-5)
-    assert lrs[3] == pytest.approx(1e-5 + 3 * (base - 1e-5) / 5)
-    assert lrs[60] == pytest.approx(1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * 60 / 120)))
-    assert lrs[119] < lrs[60] < lrs[5]
-
-
-def test_warmup_multistep_matches_reference_formula():
-    cfg = _cfg(name="warmup_multistep", warmup_epochs=10, warmup_factor=0.1, milestones=[30, 50], gamma=0.1)
-    f = [lr_factor(cfg, 5e-6, 60, e) for e in range(60)]
-    assert f[0] == pytest.approx(0.1)
-    assert f[5] == pytest.approx(0.1 * 0.5 + 0.5)
-    assert f[10] == f[29] == pytest.approx(1.0)
-    assert f[30] == pytest.approx(0.1) and f[49] == pytest.approx(0.1)
-    assert f[50] == pytest.approx(0.01)

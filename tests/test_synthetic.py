@@ -136,3 +136,26 @@ def test_pristine_images_have_texture_and_edges(tmp_path: Path) -> None:
         grad = np.abs(np.diff(img, axis=1))
         assert img.std() > 10  # varied content
         assert (grad > 40).mean() > 0.005  # sharp edges that blur would remove
+
+
+def test_iqa_transfer_set_has_other_content_and_other_distortions(tmp_path: Path) -> None:
+    import csv
+
+    from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, HELDOUT_KINDS
+
+    root = write_synthetic_iqa(tmp_path / "t", num_pristine=1, num_eval=1, num_transfer=2, size=(48, 48),
+                               eval_size=(32, 40), levels=3)
+    rows = list(csv.DictReader(open(root / "transfer.csv")))
+    assert len(rows) == 2 * (1 + len(HELDOUT_KINDS) * 3)
+    kinds = {r["kind"] for r in rows} - {"none"}
+    assert kinds == set(HELDOUT_KINDS) and not kinds & set(DEGRADATION_KINDS)
+    assert {float(r["mos"]) for r in rows if r["kind"] == "none"} == {3.0}
+    assert [float(r["mos"]) for r in rows if r["kind"] == "pixelate" and r["source"] == "mosaic_0000"] == [2.0, 1.0, 0.0]
+    assert read_image(root / rows[0]["path"]).shape == (32, 40, 3)  # eval_size, not the pristine size
+    assert read_image(root / "eval" / "source_0000.png").shape == (32, 40, 3)
+    assert read_image(list_images(root / "pristine")[0]).shape == (48, 48, 3)
+    mosaic = read_image(root / "transfer" / "mosaic_0000.png").astype(float).mean(axis=2)
+    natural = read_image(root / "eval" / "source_0000.png").astype(float).mean(axis=2)
+    flat = lambda img: float((np.abs(np.diff(img, axis=1)) < 1.5).mean())  # noqa: E731
+    assert flat(mosaic) > flat(natural)  # flat-lit facades vs textured, shaded scenes
+    assert len(load_iqa_dataset("csv", root / "transfer.csv")) == len(rows)

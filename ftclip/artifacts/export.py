@@ -34,7 +34,7 @@ from ftclip.artifacts.inference import ImageEncoder, load_open_clip_export, sele
 from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CARD, OPEN_CLIP_CONFIG,
                                      OPEN_CLIP_WEIGHTS, TENSOR_FILES, TEXT_ONNX)
 from ftclip.artifacts.manifest import file_hashes, files_in, is_export, read_manifest, written_files
-from ftclip.config import EXPORT_FORMATS
+from ftclip.config import EXPORT_FORMATS, check_interpolation
 from ftclip.errors import FtclipError
 from ftclip.io import replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
@@ -46,7 +46,6 @@ TOLERANCE = 1e-5  # reloaded open_clip vs trained model, float32, max abs diff
 ONNX_TOLERANCE = 1e-4  # onnxruntime vs torch
 VERIFY_BATCH = 4
 ONNX_VERIFY_BATCH = 3  # differs from the traced batch (2): checks the dynamic batch axis too
-_OPEN_CLIP_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 class ExportVerificationError(FtclipError):
@@ -101,7 +100,9 @@ def _versions() -> dict[str, str]:
 
 def open_clip_config(backbone) -> dict:
     """The ``open_clip_config.json`` content: the model config with this run's image size and activation,
-    and the preprocessing (resize to height x width, 'squash', as ftclip evaluates)."""
+    and the preprocessing. Its ``preprocess_cfg`` (PIL resize of the run's kernel to height x width,
+    'squash', then ToTensor + Normalize) is exactly ftclip's evaluation input
+    (:func:`ftclip.data.transforms.eval_transform`), so open_clip's ``preprocess`` gives what ftclip measured."""
     import open_clip
 
     model_cfg = open_clip.get_model_config(backbone.name)
@@ -110,12 +111,11 @@ def open_clip_config(backbone) -> dict:
     height, width = backbone.preprocess.image_size
     model_cfg["vision_cfg"]["image_size"] = [height, width] if height != width else height
     model_cfg["quick_gelu"] = bool(backbone.quick_gelu)
-    interpolation = backbone.preprocess.interpolation
     preprocess_cfg = {
         "size": [height, width],
         "mean": list(backbone.preprocess.mean),
         "std": list(backbone.preprocess.std),
-        "interpolation": interpolation if interpolation in _OPEN_CLIP_INTERPOLATIONS else "bicubic",
+        "interpolation": check_interpolation(backbone.preprocess.interpolation),
         "resize_mode": "squash",
     }
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
@@ -251,8 +251,8 @@ Adapted `{meta['model_name']}` image encoder, fine-tuned with ftclip {meta['vers
 **{meta['task']}** task. Recipe hash `{meta['recipe_hash']}` (the full recipe is in `ftclip_export.json`).
 
 - Trained on: {data_desc or 'see the recipe'}
-- Input: {h}x{w} (height x width) RGB, resized without cropping ({meta['interpolation']}),
-  normalised with mean {meta['mean']} and std {meta['std']}
+- Input: {h}x{w} (height x width) RGB, resized without cropping (PIL {meta['interpolation']}, as open_clip's
+  `preprocess` below does), normalised with mean {meta['mean']} and std {meta['std']}
 - Activation: {'QuickGELU' if meta['quick_gelu'] else 'GELU'}{'; LoRA adapters merged into the weights' if lora else ''}
 - Task feature: `{feature}` (L2-normalised)
 

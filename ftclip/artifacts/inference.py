@@ -22,8 +22,9 @@ stage; LoRA stays unmerged, which is numerically the same model); an export is l
 open_clip (``create_model('local-dir:<export>')``), as a user without ftclip would. Both go through
 :class:`ImageEncoder`, and the task's own heads (``Task.score``, ``Task.predict``) read the same
 tensors an export stores, so a run and its export give the same results (the export is verified
-to < 1e-5 when written). Images are preprocessed like ftclip's evaluation (resize to the model's
-height x width, normalise); camera embeddings (SIE) are not applied, as inference has no camera ids.
+to < 1e-5 when written). Images are preprocessed exactly as ftclip's evaluation and as the
+export's open_clip ``preprocess`` (PIL resize of the recorded kernel to the model's height x width,
+then ToTensor + Normalize); camera embeddings (SIE) are not applied, as inference has no camera ids.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ def register(sub) -> None:
                                    "reported by name and skipped.")
     p.add_argument("source", metavar="RUN_DIR_OR_EXPORT")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|CSV")
-    p.add_argument("--out", metavar="CSV", help="write path,score[,mos] rows to this CSV file")
+    p.add_argument("--out", metavar="CSV", help="write path,score,logit[,mos] rows to this CSV file (score at full "
+                                                "float64 precision; logit: its log-odds, which keeps apart scores "
+                                                "that print as 1.0000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
@@ -65,13 +68,22 @@ def run(args) -> int:
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(["path", "score"] + (["mos"] if with_mos else []))
+                writer.writerow(["path", "score", "logit"] + (["mos"] if with_mos else []))
                 for p, s, m in rows:
-                    writer.writerow([p, f"{s:.6f}"] + ([("" if m is None else m)] if with_mos else []))
+                    writer.writerow([p, repr(s), f"{_log_odds(s):.6g}"] + ([("" if m is None else m)] if with_mos else []))
 
         atomic_write(args.out, write)
         print(f"wrote {args.out}")
     return 0
+
+
+def _log_odds(score: float) -> float:
+    """log(s / (1 - s)) of a float64 score (+-inf only where float64 itself saturates, |logit| > ~37)."""
+    if score <= 0.0:
+        return -math.inf
+    if score >= 1.0:
+        return math.inf
+    return math.log(score) - math.log1p(-score)
 
 
 def _number(text: str | None) -> float | None:

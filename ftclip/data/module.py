@@ -20,10 +20,13 @@ from ftclip.data.tables import drop_repeats
 
 
 class StagedDataModule(L.LightningDataModule, ABC):
-    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str, stage_kind: str):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str | None, stage_kind: str):
         super().__init__()
         self.cfg = cfg
-        self.size, self.mean, self.std, self.interpolation = preprocess_size, mean, std, interpolation
+        # what the recipe says; set_preprocess puts the backbone's resolved values (tag mean/std/kernel) in place
+        self.size, self.mean, self.std = preprocess_size, mean, std
+        self.interpolation = interpolation or "bicubic"  # evaluation (and stage-1 cache) resize kernel
+        self.train_interpolation = cfg.model.train_interpolation or self.interpolation
         self.stage_kind = stage_kind
         self.stage_batch_size = int(cfg.data.batch_size)
         self.bad_images: list[tuple[str, str]] = []
@@ -38,9 +41,9 @@ class StagedDataModule(L.LightningDataModule, ABC):
         return kept
 
     def set_preprocess(self, preprocess) -> None:
-        """Use the backbone's resolved input size, mean/std and interpolation."""
+        """Use the backbone's resolved input size, mean/std and resize kernels (evaluation, training)."""
         self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
-        self.interpolation = preprocess.interpolation
+        self.interpolation, self.train_interpolation = preprocess.interpolation, preprocess.train_interpolation
 
     def set_stage(self, kind: str, batch_size: int | None) -> None:
         self.stage_kind = kind

@@ -19,6 +19,22 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def max_pk_batches(chunks: list[int], p: int) -> int:
+    """The most batches of ``p`` distinct identities that identities with ``chunks[i]`` K-image
+    chunks can form: the largest ``B`` with ``sum_i min(chunks_i, B) >= p * B`` (each identity
+    joins a batch at most once, so it gives at most ``min(chunks_i, B)`` chunks to ``B`` batches;
+    the condition is also sufficient). ``sum_i min(c_i, B) - p B`` is concave and 0 at ``B = 0``,
+    so the ``B`` that satisfy it form an interval: bisect it."""
+    lo, hi = 0, sum(chunks) // p
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(c, mid) for c in chunks) >= p * mid:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class PKBatchSampler(Sampler[list[tuple[int, int]]]):
     """P identities x K images per batch (CLIP-ReID's RandomIdentitySampler), rank-aware.
 
@@ -27,6 +43,13 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
     repeatedly drawing P identities that still have chunks. Batch ``b`` goes to rank
     ``b % world_size``, trailing batches are dropped so every rank gets the same number:
     every rank sees whole identity groups and no image is sent to two ranks in one epoch.
+
+    How many batches an epoch yields depends on its draws (the last identities left may be
+    fewer than P while chunks remain). ``len()`` is therefore an upper bound, the same every
+    epoch, that no epoch exceeds: the most batches of P distinct identities the chunk counts
+    allow at all (the largest ``B`` with ``sum_i min(chunks_i, B) >= P * B``), divided among the
+    ranks. An epoch may end a few batches before it (Lightning ends the epoch when the loader
+    is exhausted); it never runs past it, so Lightning never cuts an epoch short.
     """
 
     def __init__(self, pids: list[int], batch_size: int, num_instances: int, *, seed: int = 0,
@@ -48,7 +71,8 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
         self.num_instances = num_instances
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        self._num_batches = len(self._batches()) // world_size
+        chunks = [max(len(idxs), num_instances) // num_instances for idxs in self.by_pid.values()]
+        self._num_batches = max_pk_batches(chunks, self.num_ids_per_batch) // world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,9 +1,21 @@
-"""Image pipelines (albumentations 2.0.x).
+"""Image pipelines (albumentations 2.0.x) and the one resize and normalisation ftclip uses.
 
-Re-ID training follows CLIP-ReID: resize (bicubic), horizontal flip 0.5, pad 10 + random
-crop, normalise, random erasing p=0.5 in timm's "pixel" mode (the erased box is filled
-with N(0, 1) noise *after* normalisation). albumentations 2.0.8's own ``Erasing`` fails at
-call time (its params lack the ``seed`` its ``apply`` needs) and fills uniform [0, 1], so
+Resize: :func:`resize` is PIL's ``Image.resize`` to (height, width) with a bicubic or bilinear
+kernel -- exactly what open_clip's inference preprocessing does to a PIL image
+(``torchvision.transforms.Resize`` in ``image_transform`` with ``resize_mode='squash'``), and
+what the CLIP-ReID reference does with torchvision on PIL images. Every input ftclip resizes
+goes through it: evaluation, the stage-1 cache, ``ftclip embed`` / ``ftclip score``, the
+training transforms (:class:`Resize`), the device cache and the IQA crop fit. PIL filters
+with a support scaled to the reduction (antialiased), unlike OpenCV's ``INTER_CUBIC``.
+
+Normalisation: :func:`normalize` is ``ToTensor`` + ``Normalize`` in torchvision's float32
+arithmetic (``x / 255``, then ``(x - mean) / std``), so :func:`eval_transform` gives what an
+export's open_clip ``preprocess`` gives, to the bit (tests/test_preprocess_parity.py).
+
+Re-ID training follows CLIP-ReID: resize (PIL bicubic in the reference), horizontal flip 0.5,
+pad 10 + random crop, normalise, random erasing p=0.5 in timm's "pixel" mode (the erased box is
+filled with N(0, 1) noise *after* normalisation). albumentations 2.0.8's own ``Erasing`` fails
+at call time (its params lack the ``seed`` its ``apply`` needs) and fills uniform [0, 1], so
 :class:`PixelErasing` implements the reference behaviour.
 
 Every random draw comes from the Compose's seeded generator: :func:`apply` re-seeds it per
@@ -20,9 +32,56 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
-INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
-                  "area": cv2.INTER_AREA}
+from ftclip.config import check_interpolation
+
+_PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resize(image: np.ndarray, size: tuple[int, int], interpolation: str = "bicubic") -> np.ndarray:
+    """An HWC uint8 RGB image resized to ``size`` (height, width) by PIL (open_clip's preprocessing)."""
+    h, w = int(size[0]), int(size[1])
+    if image.shape[:2] == (h, w):
+        return image  # torchvision's Resize returns such an image unchanged
+    out = Image.fromarray(image).resize((w, h), _PIL_FILTERS[check_interpolation(interpolation)])
+    return np.asarray(out)
+
+
+def normalize(image: np.ndarray, mean, std) -> np.ndarray:
+    """HWC uint8 -> HWC float32 ``(x / 255 - mean) / std``, the float32 operations of torchvision's
+    ``ToTensor`` + ``Normalize`` (so the result equals open_clip's preprocessing bit for bit)."""
+    x = image.astype(np.float32) / np.float32(255)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+class Resize(A.ImageOnlyTransform):
+    """:func:`resize` as an albumentations step (always applied)."""
+
+    def __init__(self, height: int, width: int, interpolation: str = "bicubic"):
+        super().__init__(p=1.0)
+        self.height, self.width = int(height), int(width)
+        self.interpolation = check_interpolation(interpolation)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return resize(img, (self.height, self.width), self.interpolation)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "interpolation")
+
+
+class Normalize(A.ImageOnlyTransform):
+    """:func:`normalize` as an albumentations step (always applied)."""
+
+    def __init__(self, mean, std):
+        super().__init__(p=1.0)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return normalize(img, self.mean, self.std)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("mean", "std")
 
 
 class PixelErasing(A.ImageOnlyTransform):
@@ -66,22 +125,19 @@ class PixelErasing(A.ImageOnlyTransform):
 def reid_train_transform(size: tuple[int, int], mean, std, *, flip_p: float = 0.5, pad: int = 10,
                          erasing_p: float = 0.5, interpolation: str = "bicubic") -> A.Compose:
     h, w = size
-    steps: list[A.BasicTransform] = [
-        A.Resize(h, w, interpolation=INTERPOLATION[interpolation]),
-        A.HorizontalFlip(p=flip_p),
-    ]
+    steps: list[A.BasicTransform] = [Resize(h, w, interpolation), A.HorizontalFlip(p=flip_p)]
     if pad > 0:
         steps += [A.Pad(padding=pad, fill=0, border_mode=cv2.BORDER_CONSTANT), A.RandomCrop(h, w)]
-    steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    steps.append(Normalize(mean, std))
     if erasing_p > 0:
         steps.append(PixelErasing(p=erasing_p))
     return A.Compose(steps, seed=0)
 
 
 def eval_transform(size: tuple[int, int], mean, std, *, interpolation: str = "bicubic") -> A.Compose:
+    """Evaluation and inference input: exactly an export's open_clip ``preprocess`` (see module docstring)."""
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=INTERPOLATION[interpolation]),
-                      A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
+    return A.Compose([Resize(h, w, interpolation), Normalize(mean, std)], seed=0)
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:

@@ -7,8 +7,9 @@ N(0, 0.02)); the start token + "a photo of a" (prefix) and "person." + end token
 gradient), so they always match the weights loaded into the backbone. The text feature is the text tower's output at the
 end-of-text token, projected -- no normalisation, no logit scale.
 
-``SharedPrompts`` is CoOp's shared context (one set of vectors for every class/prompt), used
-by the supervised IQA recipe (CLIP-IQA+): "X X ... X Good photo.".
+``SharedPrompts`` is a CoOp-style learnable context around each prompt text (shared or one per
+prompt, in front of the text or split around it), used by the supervised IQA recipe (CLIP-IQA+ as
+pyiqa implements it: "X*8 Good photo. X*8", one context per prompt, started from the "X" token).
 """
 
 from __future__ import annotations
@@ -76,28 +77,69 @@ class IdPrompts(nn.Module):
         return backbone.encode_text_embeddings(emb, eot)
 
 
+CONTEXT_LAYOUTS = ("middle", "front")
+CONTEXT_INITS = ("token", "normal")
+
+
 class SharedPrompts(nn.Module):
-    """CoOp: one learnable context of N vectors prepended to every class/prompt text."""
+    """CoOp-style learnable context of N vectors around every prompt text.
+
+    * ``per_prompt``: one context per text (CLIP-IQA+ and QualiCLIP+ in pyiqa) or one shared by all
+      texts (CoOp's unified context);
+    * ``layout``: ``"middle"`` -- the first N // 2 vectors, then the text's tokens, then the other
+      N - N // 2 (pyiqa's CLIP-IQA+: ``[SOS] X*8 good photo . X*8 [EOS]``), or ``"front"`` -- all N
+      before the text (CoOp's class-token-at-the-end: ``[SOS] X*16 good photo . [EOS]``);
+    * ``init``: ``"token"`` -- the token embedding of ``placeholder`` (pyiqa initialises CLIP-IQA+'s
+      context from the embeddings of its "X" tokens), or ``"normal"`` -- N(0, ``init_std``) (CoOp).
+
+    The token sequence is the tokenised ``"X X ... X <text>"`` (so the end token stays where the
+    tokeniser put it); only the order of the embeddings changes with the layout. The start, text and
+    end-token embeddings come from the backbone at call time (no gradient).
+    """
 
     def __init__(self, backbone: Backbone, texts: list[str], num_tokens: int = 16, init_std: float = 0.02,
-                 placeholder: str = "X"):
+                 placeholder: str = "X", *, per_prompt: bool = False, layout: str = "front", init: str = "normal"):
         super().__init__()
         if num_tokens < 1:
-            raise ConfigError(f"shared prompt context needs num_tokens >= 1, got {num_tokens}")
+            raise ConfigError(f"prompt context needs num_tokens >= 1, got {num_tokens}")
+        if layout not in CONTEXT_LAYOUTS:
+            raise ConfigError(f"prompt context layout '{layout}' is not one of {', '.join(CONTEXT_LAYOUTS)}")
+        if init not in CONTEXT_INITS:
+            raise ConfigError(f"prompt context init '{init}' is not one of {', '.join(CONTEXT_INITS)}")
         prompts = [" ".join([placeholder] * num_tokens) + " " + text for text in texts]
         tokens = backbone.tokenize(prompts)
         if int(tokens.argmax(dim=-1).max()) >= tokens.shape[1] - 1 and tokens[:, -1].ne(0).any():
             raise ConfigError(f"prompts with {num_tokens} context tokens exceed the text length {tokens.shape[1]}")
         self.texts = list(texts)
-        self.num_tokens = num_tokens
+        self.num_tokens, self.layout, self.per_prompt = num_tokens, layout, per_prompt
         self.register_buffer("tokens", tokens, persistent=False)
-        self.ctx = nn.Parameter(torch.empty(num_tokens, backbone.text_width))
-        nn.init.normal_(self.ctx, std=init_std)
+        shape = (len(texts), num_tokens, backbone.text_width) if per_prompt else (num_tokens, backbone.text_width)
+        if init == "token":
+            with torch.no_grad():
+                marker = backbone.embed_tokens(tokens[:1, 1:2])[0, 0].float()
+            self.ctx = nn.Parameter(marker.expand(shape).clone())
+        else:
+            self.ctx = nn.Parameter(torch.empty(shape))
+            nn.init.normal_(self.ctx, std=init_std)
+
+    def embeddings(self) -> torch.Tensor:
+        """The context per text, ``[T, N, width]``."""
+        n = self.tokens.shape[0]
+        return self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(n, -1, -1)
 
     def text_features(self, backbone: Backbone) -> torch.Tensor:
-        n = self.tokens.shape[0]
-        ctx = self.ctx.unsqueeze(0).expand(n, -1, -1)
+        ctx = self.embeddings()
         with torch.no_grad():
             template = backbone.embed_tokens(self.tokens).to(ctx.dtype)
-        emb = torch.cat([template[:, :1], ctx, template[:, 1 + self.num_tokens:]], dim=1)
+        start, text = template[:, :1], template[:, 1 + self.num_tokens:]  # text: its tokens, end token, padding
+        if self.layout == "front":
+            emb = torch.cat([start, ctx, text], dim=1)
+        else:
+            half = self.num_tokens // 2
+            eot = self.tokens.argmax(dim=-1)
+            rows = []
+            for i in range(ctx.shape[0]):
+                length = int(eot[i]) - 1 - self.num_tokens  # the text's own tokens, without the end token
+                rows.append(torch.cat([start[i], ctx[i, :half], text[i, :length], ctx[i, half:], text[i, length:]]))
+            emb = torch.stack(rows)
         return backbone.encode_text_embeddings(emb, self.tokens.argmax(dim=-1))

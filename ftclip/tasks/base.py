@@ -204,7 +204,7 @@ class StagedModule(L.LightningModule, ABC):
         stage = self.stage_cfg
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         optimizer = build_optimizer(trainable, stage.optimizer)
-        scheduler = build_scheduler(optimizer, stage.schedule, stage.optimizer.lr, stage.epochs)
+        scheduler = build_scheduler(optimizer, stage.schedule, stage.epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ helpers

@@ -6,8 +6,11 @@ image feature ``x`` and each pair ``p``::
     q_p   = softmax(s * cos(x, t+_p), s * cos(x, t-_p))[0]     (probability of the positive prompt)
     score = mean_p q_p                                          in [0, 1], higher is better
 
-with a fixed logit scale ``s = 100`` (CLIP-IQA and QualiCLIP). Zero-shot CLIP-IQA is exactly
-this with nothing trained.
+with a fixed logit scale ``s = 100`` (CLIP-IQA, and QualiCLIP's own released code; pyiqa's port
+of QualiCLIP uses 50) or, with ``logit_scale: null``, the model's own ``exp(logit_scale)`` (100
+for OpenAI's CLIP, 14.3 for a random-init open_clip model). Zero-shot CLIP-IQA is exactly this
+with nothing trained. :meth:`AntonymPrompts.logit` is the score's log-odds (float64, never
+saturated), which rank metrics use.
 
 Two ways to get the prompt text features:
 
@@ -15,9 +18,12 @@ Two ways to get the prompt text features:
   features are computed once into a non-persistent buffer: they are rebuilt from the backbone
   (after loading weights, at every fit / validation start) and never trusted from a checkpoint.
   If a stage trains the text tower (``text`` / ``text.lora``), they are computed live instead.
-* ``context_tokens = N > 0``: CLIP-IQA+ / CoOp -- one learnable shared context of N vectors
-  in front of every prompt ("X X ... X Good photo."), :class:`SharedPrompts`, parameter group
-  ``prompts``; features are computed live (they depend on the learned context).
+* ``context_tokens = N > 0``: CLIP-IQA+ / CoOp -- N learnable context vectors around every prompt
+  (:class:`~ftclip.strategies.prompts.SharedPrompts`, parameter group ``prompts``). Defaults as
+  pyiqa's CLIP-IQA+: one context per prompt, split N/2 before and N/2 after the prompt's tokens,
+  started from the "X" token's embedding (``context_per_prompt``, ``context_layout``,
+  ``context_init``; CoOp's one shared context in front, N(0, 0.02): ``false``, ``front``,
+  ``normal``). Features are computed live (they depend on the learned context).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch import nn
 from ftclip.backbone import Backbone
 from ftclip.errors import ConfigError
 from ftclip.strategies.prompts import SharedPrompts
-from ftclip.tasks.iqa.losses import quality_score
+from ftclip.tasks.iqa.losses import quality_logit, quality_score
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("Good photo.", "Bad photo."),)
 
@@ -67,7 +73,8 @@ class AntonymPrompts(nn.Module):
     """Prompt pairs -> positive / negative text features -> quality score."""
 
     def __init__(self, backbone: Backbone, pairs: Sequence[Sequence[str]] = DEFAULT_PAIRS,
-                 logit_scale: float | None = 100.0, context_tokens: int = 0, init_std: float = 0.02):
+                 logit_scale: float | None = 100.0, context_tokens: int = 0, init_std: float = 0.02, *,
+                 context_per_prompt: bool = True, context_layout: str = "middle", context_init: str = "token"):
         super().__init__()
         self.pairs = check_pairs(pairs)
         if logit_scale is not None and not float(logit_scale) > 0:
@@ -77,7 +84,10 @@ class AntonymPrompts(nn.Module):
             raise ConfigError(f"strategies.antonym.context_tokens must be >= 0, got {context_tokens}")
         self.fixed_logit_scale = None if logit_scale is None else float(logit_scale)
         self.texts = [p for p, _ in self.pairs] + [n for _, n in self.pairs]
-        self.context = SharedPrompts(backbone, self.texts, context_tokens, init_std) if context_tokens else None
+        self.context = None
+        if context_tokens:
+            self.context = SharedPrompts(backbone, self.texts, context_tokens, init_std, per_prompt=context_per_prompt,
+                                         layout=context_layout, init=context_init)
         # frozen features: rebuilt from the backbone, never loaded from a checkpoint
         self.register_buffer("positive", torch.empty(0), persistent=False)
         self.register_buffer("negative", torch.empty(0), persistent=False)
@@ -135,10 +145,15 @@ class AntonymPrompts(nn.Module):
 
     def score(self, image_feats: torch.Tensor, pos: torch.Tensor | None = None,
               neg: torch.Tensor | None = None) -> torch.Tensor:
-        """Quality score ``[B]`` in [0, 1] (mean over pairs of the positive prompt's softmax probability)."""
+        """Quality score ``[B]`` in [0, 1] (mean over pairs of the positive prompt's softmax probability), float64."""
         if pos is None or neg is None:
             pos, neg = self.text_features()
         return quality_score(image_feats.float(), pos, neg, logit_scale=self.logit_scale())
+
+    def logit(self, image_feats: torch.Tensor) -> torch.Tensor:
+        """The score's log-odds ``[B]`` (float64; :func:`~ftclip.tasks.iqa.losses.quality_logit`)."""
+        pos, neg = self.text_features()
+        return quality_logit(image_feats.float(), pos, neg, logit_scale=self.logit_scale())
 
     @torch.no_grad()
     def export_features(self) -> dict[str, torch.Tensor]:

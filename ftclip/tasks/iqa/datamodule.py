@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -26,10 +25,15 @@ from torch.utils.data import DataLoader, Dataset
 from ftclip.data.images import check_images, list_images, read_image
 from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import ShardSampler
-from ftclip.data.transforms import INTERPOLATION, apply, eval_transform
+from ftclip.data.transforms import Normalize, Resize, apply, eval_transform, normalize, resize
 from ftclip.errors import ConfigError, DataError
 from ftclip.tasks.iqa.degradations import degrade_levels
 from ftclip.tasks.iqa.formats import IqaSample, iqa_summary, load_iqa_dataset, resolve_format
+
+
+BUILTIN_EVAL_SETS = ("koniq", "spaq", "kadid", "livec", "csv", "synthetic", "synthetic_transfer")
+#: the synthetic sets' files under data.synthetic_dir (their root when eval.<name>.root is null)
+SYNTHETIC_EVAL_FILES = {"synthetic": "eval.csv", "synthetic_transfer": "transfer.csv"}
 
 
 @dataclass
@@ -66,9 +70,7 @@ def overlapping_crops(height: int, width: int, crop: tuple[int, int], rng: np.ra
 
 
 def _normalise(image: np.ndarray, mean, std) -> torch.Tensor:
-    x = image.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(normalize(image, mean, std).transpose(2, 0, 1)))
 
 
 class QualiclipCrops(Dataset):
@@ -79,7 +81,7 @@ class QualiclipCrops(Dataset):
         self.paths, self.size, self.mean, self.std = paths, size, mean, std
         self.levels, self.kinds = levels, kinds
         self.min_overlap, self.max_overlap = min_overlap, max_overlap
-        self.interpolation = INTERPOLATION[interpolation]
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,8 +95,7 @@ class QualiclipCrops(Dataset):
         if h * scale < ch * need and w * scale < cw * need:
             scale = max(scale, min(ch * need / h, cw * need / w))
         if scale > 1.0:
-            image = cv2.resize(image, (max(cw, math.ceil(w * scale)), max(ch, math.ceil(h * scale))),
-                               interpolation=self.interpolation)
+            image = resize(image, (max(ch, math.ceil(h * scale)), max(cw, math.ceil(w * scale))), self.interpolation)
         return image
 
     def __getitem__(self, key):
@@ -143,8 +144,7 @@ def mos_train_transform(size, mean, std, flip_p: float, interpolation: str = "bi
     import albumentations as A
 
     h, w = size
-    return A.Compose([A.Resize(h, w, interpolation=INTERPOLATION[interpolation]), A.HorizontalFlip(p=flip_p),
-                      A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
+    return A.Compose([Resize(h, w, interpolation), A.HorizontalFlip(p=flip_p), Normalize(mean, std)], seed=0)
 
 
 def _path(sample: IqaSample) -> str:
@@ -152,7 +152,7 @@ def _path(sample: IqaSample) -> str:
 
 
 class IqaDataModule(StagedDataModule):
-    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str | None = None):
         super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="qualiclip")
         self.unlabeled: list[str] = []
         self.labeled: list[IqaSample] = []
@@ -169,13 +169,16 @@ class IqaDataModule(StagedDataModule):
         if not data.synthetic:
             return None
         root = Path(data.synthetic_dir)
-        if not (root / "eval.csv").is_file():
+        if not all((root / name).is_file() for name in ("eval.csv", "transfer.csv")):
             from ftclip.tasks.iqa.synthetic import write_synthetic_iqa
 
             print(f"writing the synthetic IQA set to {root} (data.synthetic=true)", flush=True)
+            eval_size = data.synthetic_eval_size if data.synthetic_eval_size is not None else self.cfg.model.image_size
             write_synthetic_iqa(root, num_pristine=int(data.synthetic_images),
                                 num_eval=int(data.synthetic_eval_images),
-                                size=tuple(int(s) for s in data.synthetic_size), levels=int(data.levels),
+                                num_transfer=int(data.synthetic_transfer_images),
+                                size=tuple(int(s) for s in data.synthetic_size),
+                                eval_size=tuple(int(s) for s in eval_size), levels=int(data.levels),
                                 seed=int(self.cfg.seed), overwrite=True)  # eval.csv is written last: redo a partial set
         return root
 
@@ -183,10 +186,10 @@ class IqaDataModule(StagedDataModule):
         ev = self.cfg.eval
         if name in ev.extra:
             return ev.extra[name]
-        if name in ("koniq", "spaq", "kadid", "livec", "csv", "synthetic"):
+        if name in BUILTIN_EVAL_SETS:
             return ev[name]
         raise ConfigError(
-            f"eval.sets names '{name}', which is neither a built-in set (koniq, spaq, kadid, livec, csv, synthetic) "
+            f"eval.sets names '{name}', which is neither a built-in set ({', '.join(BUILTIN_EVAL_SETS)}) "
             f"nor a key of eval.extra; add eval.extra.{name}.format=... eval.extra.{name}.root=..."
         )
 
@@ -218,8 +221,8 @@ class IqaDataModule(StagedDataModule):
         for name in self.cfg.eval.sets:
             sc = self._eval_set_cfg(str(name))
             root = sc.root
-            if root is None and str(name) == "synthetic" and synthetic is not None:
-                root = str(synthetic / "eval.csv")
+            if root is None and str(name) in SYNTHETIC_EVAL_FILES and synthetic is not None:
+                root = str(synthetic / SYNTHETIC_EVAL_FILES[str(name)])
             if root is None:
                 raise ConfigError(f"eval.sets names '{name}' but eval.{name}.root is not set; "
                                   f"e.g. eval.{name}.root=/data/{name}")
@@ -290,9 +293,9 @@ class IqaDataModule(StagedDataModule):
         if self.stage_kind == "qualiclip":
             dataset = QualiclipCrops(self.unlabeled, tuple(self.size), self.mean, self.std, int(d.levels),
                                      list(d.distortions), float(d.min_overlap), float(d.max_overlap),
-                                     self.interpolation)
+                                     self.train_interpolation)
         else:
-            transform = mos_train_transform(self.size, self.mean, self.std, float(d.flip_p), self.interpolation)
+            transform = mos_train_transform(self.size, self.mean, self.std, float(d.flip_p), self.train_interpolation)
             dataset = MosImages(self.labeled, transform, self.mos_range())
         sampler = ShardSampler(len(dataset), shuffle=True, seed=int(self.cfg.seed), rank=rank, world_size=world,
                                pad=True)

@@ -17,9 +17,26 @@ contrast    blend with the mean grey, f = 1 - 0.8 t                 0.84, 0.68, 
 saturation  blend with the greyscale image, f = 1 - t               0.80, 0.60, 0.40, 0.20, 0.00
 ==========  ======================================================  =================================
 
-Only ``noise`` draws random numbers. ``seed`` makes it reproducible byte for byte, and
-:func:`degrade_levels` uses one draw for all levels (level k's noise is the same field
-scaled by its std), so a level sequence differs only in intensity.
+:data:`HELDOUT_KINDS` are other distortion types, not in ``data.distortions``' default, so that the
+synthetic transfer set (:func:`ftclip.tasks.iqa.synthetic.write_synthetic_iqa`) measures how a
+model trained on the kinds above ranks distortions it never saw (they can be trained on like any
+other kind; plain numpy / OpenCV):
+
+=============  ===================================================  ==============================
+kind           strength at ``t = k / num_levels``                   levels 1..5 when num_levels = 5
+=============  ===================================================  ==============================
+motion_blur    line kernel of length 1 + 10 t px, random direction  3, 5, 7, 9, 11
+impulse_noise  salt-and-pepper on a fraction 0.12 t of the pixels   0.024, 0.048, 0.072, 0.096, 0.12
+pixelate       area down by 1 / (1 + 5 t), nearest back up          0.5, 0.33, 0.25, 0.2, 0.17
+quantize       round(2^(6 - 4.5 t)) grey levels per channel         34, 18, 10, 5, 3
+overexpose     pixel x (1 + 1.2 t) + 40 t, clipped (highlights)     1.24, 1.48, 1.72, 1.96, 2.2
+oversharpen    unsharp mask, sigma 1.5 px, amount 3 t (halos)       0.6, 1.2, 1.8, 2.4, 3.0
+=============  ===================================================  ==============================
+
+``noise``, ``impulse_noise`` and ``motion_blur`` (its direction) draw random numbers. ``seed``
+makes them reproducible byte for byte, and :func:`degrade_levels` uses one draw for all levels
+(level k's noise is the same field scaled by its std, level k's impulses are among level
+k + 1's, the motion keeps one direction), so a level sequence differs only in intensity.
 
 Implementation: albumentations 2.0.x transforms with their 2.x argument names and
 ``p=1.0`` (``GaussianBlur(sigma_limit)``, ``GaussNoise(std_range)``,
@@ -47,6 +64,8 @@ from ftclip.errors import ConfigError, DataError  # noqa: E402
 
 __all__ = [
     "DEGRADATION_KINDS",
+    "HELDOUT_KINDS",
+    "ALL_KINDS",
     "MAX_LEVELS",
     "degrade",
     "degrade_levels",
@@ -54,6 +73,9 @@ __all__ = [
 ]
 
 DEGRADATION_KINDS: tuple[str, ...] = ("blur", "noise", "jpeg", "downscale", "brightness", "contrast", "saturation")
+#: Other distortion types (the synthetic transfer set's); see the module docstring.
+HELDOUT_KINDS: tuple[str, ...] = ("motion_blur", "impulse_noise", "pixelate", "quantize", "overexpose", "oversharpen")
+ALL_KINDS: tuple[str, ...] = DEGRADATION_KINDS + HELDOUT_KINDS
 
 #: Largest supported ``num_levels``.
 MAX_LEVELS: int = 10
@@ -69,8 +91,8 @@ _SATURATION_MAX_DROP = 1.0
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in DEGRADATION_KINDS:
-        raise ConfigError(f"unknown degradation kind {kind!r}; choose one of {', '.join(DEGRADATION_KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ConfigError(f"unknown degradation kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
 
 
 def _check_num_levels(num_levels: int) -> None:
@@ -104,7 +126,10 @@ def level_strength(kind: str, level: int, num_levels: int = 5) -> float:
 
     blur: Gaussian sigma (px); noise: std as a fraction of 255; jpeg: quality (1-100);
     downscale: scale factor; brightness / contrast / saturation: blend factor (1 = unchanged).
-    Level 0 returns the identity value (sigma 0, std 0, quality 100, scale 1, factor 1).
+    motion_blur: kernel length (px); impulse_noise: fraction of pixels; pixelate: scale factor;
+    quantize: grey levels per channel; overexpose: gain; oversharpen: unsharp-mask amount.
+    Level 0 returns the identity value (sigma 0, std 0, quality 100, scale 1, factor 1, length 1,
+    fraction 0, 256 levels, gain 1, amount 0).
     """
     _check_kind(kind)
     _check_num_levels(num_levels)
@@ -122,7 +147,56 @@ def level_strength(kind: str, level: int, num_levels: int = 5) -> float:
         return 1.0 - _BRIGHTNESS_MAX_DROP * t
     if kind == "contrast":
         return 1.0 - _CONTRAST_MAX_DROP * t
-    return 1.0 - _SATURATION_MAX_DROP * t  # saturation
+    if kind == "saturation":
+        return 1.0 - _SATURATION_MAX_DROP * t
+    if kind == "motion_blur":
+        return 1.0 + 10.0 * t
+    if kind == "impulse_noise":
+        return 0.12 * t
+    if kind == "pixelate":
+        return 1.0 / (1.0 + 5.0 * t)
+    if kind == "quantize":
+        return 256.0 if level == 0 else float(round(2.0 ** (6.0 - 4.5 * t)))
+    if kind == "overexpose":
+        return 1.0 + 1.2 * t
+    return 3.0 * t  # oversharpen
+
+
+def _line_kernel(length: float, angle: float) -> np.ndarray:
+    """A normalised box of ``length`` px (fractional ends) along direction ``angle`` (degrees)."""
+    size = 2 * int(np.ceil(length / 2)) + 1
+    x = np.arange(size, dtype=np.float64) - size // 2
+    row = np.clip(length / 2 - np.abs(x) + 0.5, 0.0, 1.0)  # 1 inside, a fractional weight at each end
+    k = np.zeros((size, size), np.float32)
+    k[size // 2] = row
+    rot = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, 1.0)
+    k = cv2.warpAffine(k, rot, (size, size), flags=cv2.INTER_LINEAR)
+    return k / k.sum()
+
+
+def _heldout(image: np.ndarray, kind: str, strength: float, t: float, seed: int) -> np.ndarray:
+    """The :data:`HELDOUT_KINDS` (numpy / OpenCV); see the module docstring's second table."""
+    x = image.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    if kind == "motion_blur":
+        out = cv2.filter2D(x, -1, _line_kernel(strength, rng.uniform(0.0, 180.0)), borderType=cv2.BORDER_REFLECT)
+    elif kind == "impulse_noise":
+        hit = rng.random(image.shape[:2]) < strength  # one uniform field: level k's impulses are among level k+1's
+        salt = rng.random(image.shape[:2]) < 0.5
+        out = x.copy()
+        out[hit & salt], out[hit & ~salt] = 255.0, 0.0
+    elif kind == "pixelate":
+        h, w = image.shape[:2]
+        small = cv2.resize(image, (max(1, round(w * strength)), max(1, round(h * strength))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    elif kind == "quantize":
+        step = 255.0 / (strength - 1.0)
+        out = np.round(x / step) * step
+    elif kind == "overexpose":
+        out = x * strength + 40.0 * t
+    else:  # oversharpen
+        out = x + strength * (x - cv2.GaussianBlur(x, (0, 0), 1.5))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _color_jitter(brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0) -> A.ColorJitter:
@@ -177,10 +251,10 @@ def degrade(
 
     Args:
         image: RGB uint8 array (H, W, 3). Not modified.
-        kind: one of :data:`DEGRADATION_KINDS`.
+        kind: one of :data:`ALL_KINDS`.
         level: integer in 0..num_levels; strength grows strictly with the level.
         num_levels: number of non-identity levels, 1..:data:`MAX_LEVELS`.
-        seed: makes the random draw (``noise`` only) reproducible; same seed, same bytes.
+        seed: makes the random draw (``noise``, ``impulse_noise``, ``motion_blur``) reproducible; same seed, same bytes.
 
     Returns:
         A new RGB uint8 array of the same shape.
@@ -199,6 +273,9 @@ def degrade(
     strength = level_strength(kind, level, num_levels)
     if kind == "jpeg":
         return _jpeg(image, int(strength))
+    if kind in HELDOUT_KINDS:
+        draw = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+        return _heldout(image, kind, strength, level / num_levels, draw)
     pipeline = A.Compose([_transform(kind, strength, image)], seed=None if seed is None else int(seed))
     out: np.ndarray = pipeline(image=image)["image"]
     return out

@@ -19,7 +19,7 @@ from ftclip.checks import check_margin, require_dim
 from ftclip.errors import ConfigError
 
 __all__ = ["QUALICLIP_MARGIN_CONS", "QUALICLIP_MARGIN_RANK", "MOS_LOSS_KINDS", "mos_loss", "qualiclip_losses",
-           "quality_score"]
+           "quality_logit", "quality_score"]
 
 #: QualiCLIP ranking margin ``m_rank`` of the paper's Eqs. (2) and (3) (L_pos, L_neg):
 #: 6.75e-2, chosen by the authors with a grid search on validation sets (stated by the
@@ -105,12 +105,14 @@ def mos_loss(
     ``mos`` is already in [0, 1]. ``pred`` is a score in [0, 1] (e.g. :func:`quality_score`).
 
     kinds:
-        ``"mse"``  -- ``mean((pred - mos01)^2)``: the CLIP-IQA+ reference (MSE against MOS / 100).
+        ``"mse"``  -- ``mean((pred - mos01)^2)``: MSE against MOS / 100, CLIP-IQA+'s main term (pyiqa adds a PLCC term).
         ``"rank"`` -- pairwise margin ranking over all pairs with different MOS:
                       ``mean_{(i,j): mos_i > mos_j} relu(pred_j - pred_i + margin)``
                       (invariant to ``mos_range``; returns 0 when every MOS is equal).
         ``"plcc"`` -- ``1 - pearson(pred, mos)`` (invariant to affine maps of either;
-                      needs at least 2 samples).
+                      needs at least 2 samples). pyiqa's ``PLCCLoss`` is half of it,
+                      ``(1 - pearson) / 2``: its CLIP-IQA+ setting (MSE + PLCCLoss, weights 1)
+                      is ``losses: {mse: 1.0, plcc: 0.5}`` here.
 
     Args:
         pred: [B] predicted scores.
@@ -147,30 +149,23 @@ def mos_loss(
     return 1.0 - plcc
 
 
-def quality_score(
+def quality_logit(
     image_feats: torch.Tensor,
     pos_text: torch.Tensor,
     neg_text: torch.Tensor,
     logit_scale: float = 100.0,
 ) -> torch.Tensor:
-    r"""Antonym-prompt quality score of CLIP-IQA / QualiCLIP, in [0, 1] (higher is better).
+    r"""The log-odds ``log(score / (1 - score))`` of :func:`quality_score`, float64, never saturated.
 
-    With all features L2-normalised inside, for each prompt pair ``p``::
+    With ``z_p = s * (cos(x, t+_p) - cos(x, t-_p))`` the per-pair log-odds::
 
-        q_bp  = exp(s * cos(x_b, t+_p)) / (exp(s * cos(x_b, t+_p)) + exp(s * cos(x_b, t-_p)))
-        score = mean_p q_bp
+        logit = logsumexp_p(log sigmoid(z_p)) - logsumexp_p(log sigmoid(-z_p))
 
-    Source: CLIP-IQA (Wang, Chan, Loy, AAAI 2023), one pair ("Good photo." / "Bad photo."),
-    ``s = 100``; QualiCLIP's released model averages 7 pairs.
-
-    Args:
-        image_feats: [B, D] image features.
-        pos_text: [P, D] positive prompt features (a single [D] vector is one pair).
-        neg_text: [P, D] negative prompt features, row-aligned with ``pos_text``.
-        logit_scale: ``s``; 100 in both references.
-
-    Returns:
-        [B] scores.
+    (``score = mean_p sigmoid(z_p)`` and ``1 - score = mean_p sigmoid(-z_p)``; for one pair
+    ``logit = z``). It is strictly increasing in every ``z_p``, so it ranks images as the score
+    does, but stays distinct where the score rounds to exactly 0 or 1: float32 ``sigmoid``
+    saturates beyond ``|z| ~ 17`` (a cosine margin of 0.17 at ``s = 100``), float64 beyond ~37.
+    Rank metrics (SRCC) are computed from it.
     """
     if pos_text.dim() == 1:
         pos_text = pos_text[None]
@@ -187,8 +182,43 @@ def quality_score(
             f"image_feats and prompt features must have the same width, got "
             f"{tuple(image_feats.shape)} and {tuple(pos_text.shape)}"
         )
-    x = F.normalize(image_feats, dim=-1)
-    cos_pos = x @ F.normalize(pos_text, dim=-1).t()  # [B, P]
-    cos_neg = x @ F.normalize(neg_text, dim=-1).t()
-    logits = logit_scale * torch.stack((cos_pos, cos_neg), dim=-1)  # [B, P, 2]
-    return logits.softmax(dim=-1)[..., 0].mean(dim=-1)
+    x = F.normalize(image_feats.double(), dim=-1)
+    cos_pos = x @ F.normalize(pos_text.double(), dim=-1).t()  # [B, P]
+    cos_neg = x @ F.normalize(neg_text.double(), dim=-1).t()
+    z = float(logit_scale) * (cos_pos - cos_neg)
+    return torch.logsumexp(F.logsigmoid(z), dim=-1) - torch.logsumexp(F.logsigmoid(-z), dim=-1)
+
+
+def quality_score(
+    image_feats: torch.Tensor,
+    pos_text: torch.Tensor,
+    neg_text: torch.Tensor,
+    logit_scale: float = 100.0,
+) -> torch.Tensor:
+    r"""Antonym-prompt quality score of CLIP-IQA / QualiCLIP, in [0, 1] (higher is better), float64.
+
+    With all features L2-normalised inside, for each prompt pair ``p``::
+
+        q_bp  = exp(s * cos(x_b, t+_p)) / (exp(s * cos(x_b, t+_p)) + exp(s * cos(x_b, t-_p)))
+        score = mean_p q_bp
+
+    computed as ``sigmoid(quality_logit(...))`` in float64: the same value, but strictly
+    increasing in the logit margin until ``|logit| ~ 37`` (float32 softmax rounds every image
+    with a cosine margin above ~0.17 to exactly 1.0 at ``s = 100``).
+
+    Source: CLIP-IQA (Wang, Chan, Loy, AAAI 2023), one pair ("Good photo." / "Bad photo."),
+    ``s = 100``; QualiCLIP's released model averages 7 pairs, with ``s = 100`` in its own
+    ``hubconf.py`` (pyiqa's port of QualiCLIP divides CLIP's logits by a temperature of 2
+    instead, an effective ``s = 50``). ftclip's default is 100 (the authors' code);
+    ``strategies.antonym.logit_scale`` sets it, ``null`` uses the model's own ``logit_scale``.
+
+    Args:
+        image_feats: [B, D] image features.
+        pos_text: [P, D] positive prompt features (a single [D] vector is one pair).
+        neg_text: [P, D] negative prompt features, row-aligned with ``pos_text``.
+        logit_scale: ``s``.
+
+    Returns:
+        [B] scores (float64).
+    """
+    return torch.sigmoid(quality_logit(image_feats, pos_text, neg_text, logit_scale))

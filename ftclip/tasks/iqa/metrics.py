@@ -66,10 +66,16 @@ def plcc_logistic(pred: ArrayLike, target: ArrayLike) -> float:
     return float(pearson_corrcoef(torch.from_numpy(fitted), t))
 
 
-def evaluate_iqa(pred: ArrayLike, mos: ArrayLike) -> dict[str, Any]:
-    """``{"srcc", "plcc" (no logistic fit), "num_images"}`` for predicted scores against MOS."""
+def evaluate_iqa(pred: ArrayLike, mos: ArrayLike, logit: ArrayLike | None = None) -> dict[str, Any]:
+    """``{"srcc", "plcc" (no logistic fit), "num_images"}`` for predicted scores against MOS.
+
+    ``logit``: the scores' log-odds (:func:`ftclip.tasks.iqa.losses.quality_logit`). SRCC is a rank
+    statistic, so it is computed from them when given: they order the images as the scores do,
+    without the ties a saturated score (exactly 0 or 1) would leave. PLCC is the scores'.
+    """
     p, t = _pair(pred, mos, names=("pred", "mos"))
-    return {"srcc": srcc(p, t), "plcc": plcc(p, t), "num_images": p.numel()}
+    ranked = p if logit is None else _pair(logit, mos, names=("logit", "mos"))[0]
+    return {"srcc": srcc(ranked, t), "plcc": plcc(p, t), "num_images": p.numel()}
 
 
 def _logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:

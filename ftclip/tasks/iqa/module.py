@@ -13,9 +13,10 @@ the learned shared context, group ``prompts``; the image encoder too if the stag
 against its MOS mapped to [0, 1]: ``losses: {mse: 1.0}`` by default (CLIP-IQA+), or ``rank`` /
 ``plcc`` (see :func:`ftclip.tasks.iqa.losses.mos_loss`; ``rank_margin`` sets the ranking margin).
 
-Validation: the score of every image of every ``eval.sets`` entry, gathered by index over
-ranks -> SRCC / PLCC per set, logged as ``val/<set>/srcc`` and ``val/<set>/plcc``; the
-predictions are kept for the scatter plots :meth:`on_stage_end` writes into ``plots/``.
+Validation: the score's log-odds (float64) of every image of every ``eval.sets`` entry, gathered
+by index over ranks -> SRCC (from the log-odds, so saturated scores leave no ties) / PLCC (of the
+scores) per set, logged as ``val/<set>/srcc`` and ``val/<set>/plcc``; scores and log-odds are kept
+for the plots :meth:`on_stage_end` writes into ``plots/`` (score and log-odds against MOS).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ class IqaModule(StagedModule):
         super().__init__(cfg)
         a = cfg.strategies.antonym
         self.antonym = AntonymPrompts(self.backbone, [list(p) for p in a.pairs], a.logit_scale,
-                                      int(a.context_tokens), float(a.init_std))
+                                      int(a.context_tokens), float(a.init_std),
+                                      context_per_prompt=bool(a.context_per_prompt),
+                                      context_layout=str(a.context_layout), context_init=str(a.context_init))
         self.info = dict(info or {})
         self._val_outputs: list[dict[str, torch.Tensor]] = []
-        self.last_predictions: dict[str, tuple[list[float], list[float]]] = {}
+        self.last_predictions: dict[str, tuple[list[float], list[float], list[float]]] = {}  # scores, MOS, logits
 
     def parameter_groups(self):
         groups = super().parameter_groups()
@@ -54,7 +57,7 @@ class IqaModule(StagedModule):
         return self.backbone.encode_image(images)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        """Quality scores [B] in [0, 1] of normalised images [B, 3, H, W]."""
+        """Quality scores [B] in [0, 1] of normalised images [B, 3, H, W] (float64)."""
         return self.antonym.score(self.encode(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -67,7 +70,9 @@ class IqaModule(StagedModule):
     def export_info(self) -> dict:
         a = self.antonym
         return {"feature": "proj", "pairs": [list(p) for p in a.pairs], "logit_scale": a.logit_scale(),
-                "context_tokens": 0 if a.context is None else int(a.context.ctx.shape[0]),
+                "context_tokens": 0 if a.context is None else int(a.context.num_tokens),
+                "context_per_prompt": a.context is not None and a.context.per_prompt,
+                "context_layout": None if a.context is None else a.context.layout,
                 "score": "mean over pairs of softmax(logit_scale * cos(image, [positive, negative]))[positive]"}
 
     def export_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -132,24 +137,27 @@ class IqaModule(StagedModule):
         self._val_outputs = []
 
     def validation_step(self, batch, batch_idx):
-        self._val_outputs.append({"score": self.score(batch["image"]).float(), "index": batch["index"]})
+        logit = self.antonym.logit(self.encode(batch["image"]))  # float64: scores and ranks without saturation
+        self._val_outputs.append({"logit": logit, "index": batch["index"]})
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        scores = torch.cat([o["score"] for o in self._val_outputs])
+        logits = torch.cat([o["logit"] for o in self._val_outputs])
         index = torch.cat([o["index"] for o in self._val_outputs])
         self._val_outputs = []
         samples = self.trainer.datamodule.eval_samples()
-        scores = self.gather_by_index(scores, index, len(samples)).cpu()
-        by_set: dict[str, tuple[list[float], list[float]]] = {}
-        for (name, sample), value in zip(samples, scores.tolist()):
-            preds, mos = by_set.setdefault(name, ([], []))
+        logits = self.gather_by_index(logits, index, len(samples)).cpu()
+        scores = torch.sigmoid(logits)  # = quality_score, float64
+        by_set: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        for (name, sample), value, logit in zip(samples, scores.tolist(), logits.tolist()):
+            preds, mos, z = by_set.setdefault(name, ([], [], []))
             preds.append(value)
             mos.append(sample.mos)
+            z.append(logit)
         self.last_predictions = by_set
-        for name, (preds, mos) in by_set.items():
-            result = evaluate_iqa(preds, mos)
+        for name, (preds, mos, z) in by_set.items():
+            result = evaluate_iqa(preds, mos, z)  # SRCC from the log-odds: no ties where scores saturate
             for key in ("srcc", "plcc"):
                 value = result[key]
                 self.log(f"val/{name}/{key}", float(value), rank_zero_only=False, sync_dist=False)
@@ -162,5 +170,5 @@ class IqaModule(StagedModule):
             return
         from ftclip.tasks.iqa.plots import plot_scatter
 
-        for name, (preds, mos) in self.last_predictions.items():
-            plot_scatter(run.plots_dir() / f"{stage}_{name}_scatter.png", preds, mos, title=f"{stage}: {name}")
+        for name, (preds, mos, logits) in self.last_predictions.items():
+            plot_scatter(run.plots_dir() / f"{stage}_{name}_scatter.png", preds, mos, logits, title=f"{stage}: {name}")

@@ -9,7 +9,8 @@ from ftclip.config import EvalConfig, LoraConfig, RecipeBase
 from ftclip.data.tables import DUPLICATE_POLICIES
 from ftclip.domains import (FINITE, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Each, Interval,
                             OneOf, within)
-from ftclip.tasks.iqa.degradations import DEGRADATION_KINDS, MAX_LEVELS
+from ftclip.strategies.prompts import CONTEXT_INITS, CONTEXT_LAYOUTS
+from ftclip.tasks.iqa.degradations import ALL_KINDS, MAX_LEVELS
 
 OVERLAP = Interval(0, 1, low_open=True)
 
@@ -19,7 +20,7 @@ class IqaDataConfig:
     # stage qualiclip: unlabeled (pristine) images, one folder or a list of folders, searched recursively
     images: Any = None
     levels: int = within(Interval(2, MAX_LEVELS, integer=True), 5)  # L: degradation levels per distortion
-    distortions: List[str] = within(Each(OneOf(*DEGRADATION_KINDS), min_length=1), factory=lambda: [
+    distortions: List[str] = within(Each(OneOf(*ALL_KINDS), min_length=1), factory=lambda: [
         "blur", "noise", "jpeg", "downscale", "brightness", "contrast", "saturation"])
     min_overlap: float = within(OVERLAP, 0.5)  # the two crops of an image share at least this fraction of their area
     max_overlap: float = within(OVERLAP, 0.9)  # ... and at most this fraction (so they are not identical)
@@ -32,12 +33,18 @@ class IqaDataConfig:
     # [lo, hi] -> MOS mapped to [0, 1]; None: the format's scale
     mos_range: Optional[List[float]] = within(Each(FINITE, length=2), None)
     flip_p: float = within(FRACTION, 0.5)  # stage mos: horizontal flip (CLIP-IQA+ uses flips only)
-    # ftclip's synthetic set (pristine/ + eval.csv), written to synthetic_dir if missing
+    # ftclip's synthetic set (pristine/, eval.csv, transfer.csv), written to synthetic_dir if missing
     synthetic: bool = False
     synthetic_dir: str = "runs/_data/iqa_synthetic"
     synthetic_images: int = within(POSITIVE_INT, 32)  # pristine training images
     synthetic_eval_images: int = within(POSITIVE_INT, 8)  # eval sources (each degraded by every kind at every level)
+    # transfer sources: other content, degraded by the held-out kinds
+    synthetic_transfer_images: int = within(POSITIVE_INT, 8)
+    # pristine images [height, width]
     synthetic_size: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: [96, 96])
+    # eval and transfer images [height, width]; null: model.image_size (evaluated at their own pixel scale, as the
+    # training crops are, not resized)
+    synthetic_eval_size: Optional[List[int]] = within(Each(POSITIVE_INT, length=2), None)
     batch_size: int = within(POSITIVE_INT, 16)  # per device; stage qualiclip: images (each 2 x L crops)
     num_workers: int = within(NON_NEGATIVE_INT, 4)
     pin_memory: bool = True
@@ -69,6 +76,8 @@ class IqaEvalConfig(EvalConfig):
     csv: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
     # root null: <data.synthetic_dir>/eval.csv (ftclip's graded synthetic set, MOS = levels - level)
     synthetic: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
+    # root null: <data.synthetic_dir>/transfer.csv (other content, distortions training never saw)
+    synthetic_transfer: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
     extra: Dict[str, EvalSetConfig] = field(default_factory=dict)  # any other named sets
     plots: bool = True  # scatter plot (predicted vs MOS) per set into plots/ after each stage
 
@@ -77,8 +86,13 @@ class IqaEvalConfig(EvalConfig):
 class AntonymConfig:
     pairs: List[List[str]] = field(default_factory=lambda: [["Good photo.", "Bad photo."]])
     logit_scale: Optional[float] = within(POSITIVE, 100.0)  # fixed scale on cosine similarity; null: the model's own
-    # > 0: CoOp shared learnable context (group `prompts`), CLIP-IQA+ uses 16
+    # > 0: N learnable context vectors around each prompt (group `prompts`), CLIP-IQA+ uses 16
     context_tokens: int = within(NON_NEGATIVE_INT, 0)
+    # pyiqa's CLIP-IQA+ (the defaults): one context per prompt, N/2 before and N/2 after its tokens, started from the
+    # "X" token's embedding; CoOp's: context_per_prompt false, context_layout front, context_init normal (init_std)
+    context_per_prompt: bool = True
+    context_layout: str = within(OneOf(*CONTEXT_LAYOUTS), "middle")  # middle | front
+    context_init: str = within(OneOf(*CONTEXT_INITS), "token")  # token | normal
     init_std: float = within(NON_NEGATIVE, 0.02)
 
 

@@ -70,7 +70,7 @@ def _path(sample: ReidSample) -> str:
 
 
 class ReidDataModule(StagedDataModule):
-    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str = "bicubic"):
+    def __init__(self, cfg, preprocess_size: tuple[int, int], mean, std, interpolation: str | None = None):
         super().__init__(cfg, preprocess_size, mean, std, interpolation, stage_kind="image")
         self.dataset: ReidDataset | None = None
         self._image_cache: torch.Tensor | None = None  # data.device_cache: decoded uint8 training images
@@ -135,7 +135,7 @@ class ReidDataModule(StagedDataModule):
                                      batch_size=self.stage_batch_size)
         d = self.cfg.data
         transform = reid_train_transform(self.size, self.mean, self.std, flip_p=d.flip_p, pad=d.pad,
-                                         erasing_p=d.erasing_p, interpolation=self.interpolation)
+                                         erasing_p=d.erasing_p, interpolation=self.train_interpolation)
         sampler = PKBatchSampler([s.pid for s in ds.train], self.stage_batch_size, int(d.num_instances),
                                  seed=seed, rank=rank, world_size=world)
         if d.device_cache:  # the sampler still decides the batches; images come from train_image_cache()
@@ -143,12 +143,13 @@ class ReidDataModule(StagedDataModule):
         return self.train_loader(ReidImages(ds.train, transform), batch_sampler=sampler)
 
     def train_image_cache(self) -> torch.Tensor:
-        """``data.device_cache``: every training image decoded and resized once, uint8 [N, 3, H, W] (CPU)."""
+        """``data.device_cache``: every training image decoded and resized once (the training transform's
+        resize, ``model.train_interpolation``), uint8 [N, 3, H, W] (CPU)."""
         if self._image_cache is None or tuple(self._image_cache.shape[2:]) != tuple(self.size):
             from ftclip.tasks.reid.gpu_augment import build_uint8_cache
 
             paths = [s.path for s in self.load().train]
-            self._image_cache = build_uint8_cache(paths, self.size, self.interpolation,
+            self._image_cache = build_uint8_cache(paths, self.size, self.train_interpolation,
                                                   workers=max(1, int(self.cfg.data.num_workers)))
         return self._image_cache
 

@@ -4,7 +4,8 @@ JPEG decoding and per-image albumentations on the CPU feed a few thousand images
 even with 16 cores; a ViT-B/16 re-ID step on an H100 eats more. So (``data.device_cache=true``):
 
 * :func:`build_uint8_cache` decodes every training image once, resizes it to the training
-  size with the same ``A.Resize`` (interpolation and all) the CPU pipeline starts with, and
+  size with the same :func:`ftclip.data.transforms.resize` (PIL, kernel and all) the CPU
+  pipeline starts with, and
   stacks the results into one ``uint8`` tensor ``[N, 3, H, W]`` (Market-1501 at 256x128:
   12,936 x 98,304 B ~ 1.3 GB; at 128x64 ~ 0.3 GB), pinned when CUDA is there;
 * :class:`ReidDeviceAugment` applies the rest of :func:`ftclip.data.transforms.reid_train_transform`
@@ -29,11 +30,10 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-import albumentations as A
 import torch
 
 from ftclip.data.images import read_image
-from ftclip.data.transforms import INTERPOLATION
+from ftclip.data.transforms import check_interpolation, resize
 from ftclip.errors import ConfigError
 
 __all__ = ["build_uint8_cache", "cache_nbytes", "ReidDeviceAugment"]
@@ -48,27 +48,21 @@ def build_uint8_cache(paths: Sequence[str], size: tuple[int, int], interpolation
                       workers: int = 4, pin_memory: bool | None = None) -> torch.Tensor:
     """Decode and resize every image once -> ``uint8`` tensor ``[N, 3, H, W]`` (CPU; pinned if CUDA is there).
 
-    The resize is ``albumentations.Resize`` with ftclip's interpolation table, i.e. the first
-    step of the CPU training transform, so the cache holds exactly what that step produces.
-    Unreadable files raise :class:`ftclip.errors.DataError` naming the file.
+    The resize is :func:`ftclip.data.transforms.resize`, i.e. the first step of the CPU training
+    transform, so the cache holds exactly what that step produces. Unreadable files raise
+    :class:`ftclip.errors.DataError` naming the file.
     """
-    if interpolation not in INTERPOLATION:
-        raise ConfigError(f"interpolation '{interpolation}' is not one of {', '.join(INTERPOLATION)}")
+    check_interpolation(interpolation, "model.train_interpolation")
     h, w = (int(s) for s in size)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     out = torch.empty((len(paths), 3, h, w), dtype=torch.uint8, pin_memory=bool(pin_memory))
     view = out.numpy()  # shares memory with ``out``
-    resize = A.Resize(h, w, interpolation=INTERPOLATION[interpolation])
-
     def load(i: int) -> None:
-        image = read_image(paths[i])
-        if image.shape[:2] != (h, w):
-            image = resize(image=image)["image"]
-        view[i] = image.transpose(2, 0, 1)
+        view[i] = resize(read_image(paths[i]), (h, w), interpolation).transpose(2, 0, 1)
 
     if workers > 1 and len(paths) > 1:
-        with ThreadPoolExecutor(max_workers=int(workers)) as pool:  # PIL decode and cv2 resize release the GIL
+        with ThreadPoolExecutor(max_workers=int(workers)) as pool:  # PIL decode and resize release the GIL
             list(pool.map(load, range(len(paths))))
     else:
         for i in range(len(paths)):

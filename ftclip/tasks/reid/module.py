@@ -1,7 +1,7 @@
 """CLIP-ReID as a LightningModule: stage ``prompts`` then stage ``image`` (see docs/methods/clip_reid.md).
 
 Stage ``prompts``: both encoders frozen. At fit start the projected image feature of every
-training image (test transform) is computed once and kept on the device; each step takes a
+training image (test transform, no SIE) is computed once and kept on the device; each step takes a
 batch of cached features, builds the per-identity prompts' text features and minimises
 SupCon(image->text) + SupCon(text->image) at temperature 1 on raw dot products.
 
@@ -76,10 +76,13 @@ class ReidModule(StagedModule):
 
     @torch.no_grad()
     def build_image_cache(self, loader) -> None:
+        """Stage 1's image features: the projected class token of every training image (test transform),
+        without camera embeddings even when SIE is on -- the reference encodes its cache without camera
+        ids, and SIE's vectors are untrained at that point."""
         feats, labels = [], []
         for batch in loader:
             images = batch["image"].to(self.device, non_blocking=True)
-            feats.append(self.features(images, batch["camid"].to(self.device)).proj.float())
+            feats.append(self.features(images, None).proj.float())
             labels.append(batch["pid"].to(self.device))
         self.image_cache = torch.cat(feats)
         self.label_cache = torch.cat(labels)
