@@ -68,7 +68,8 @@ def run(args) -> int:
         else:
             os.environ[RUN_DIR_ENV] = saved
     if cfg.run.export and is_main_process():
-        export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True)
+        export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True,
+                   text_layer=str(cfg.run.hf_text_layer))
     print(json.dumps(metrics, indent=2))
     print(f"done: {run_dir.path}")
     return 0

@@ -33,6 +33,7 @@ from ftclip.data.module import StagedDataModule
 from ftclip.errors import ConfigError, FtclipError
 from ftclip.stages import (ParamGroups, build_optimizer, build_scheduler, check_stage_losses, describe_trainable,
                            freeze_for_stage)
+from ftclip.towers import batchnorm_layers
 
 
 class TaskContractError(TypeError):
@@ -156,16 +157,46 @@ class StagedModule(L.LightningModule, ABC):
         self.stage_name, self.stage_cfg = name, stage_cfg
         self._unchecked_losses = []
         self.train(self.training)  # re-apply eval mode to frozen modules
-        return describe_trainable(groups, name)
+        line = describe_trainable(groups, name)
+        if self.small_batch_stage() and batchnorm_layers(self.backbone):
+            line += (f"; backbone BatchNorm keeps its running statistics ({self.stage_batch_size()} images per step "
+                     f"< model.batchnorm_min_batch={int(self.cfg.model.batchnorm_min_batch)})")
+        return line
 
     def frozen_modules(self) -> list[nn.Module]:
-        """Modules with no trainable parameter: kept in eval mode (BatchNorm stats, dropout)."""
-        frozen = []
-        for module in self.modules():
-            own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
+        """Modules kept in eval mode during a stage: the largest subtrees whose parameters are all frozen
+        (their BatchNorm statistics and dropout too), and every BatchNorm of the backbone when the stage's
+        batch is smaller than ``model.batchnorm_min_batch`` images per device (too few for batch statistics).
+
+        A module with frozen parameters of its own but trainable descendants (open_clip's ``CLIP`` holds
+        ``logit_scale`` next to its towers) is not frozen as a whole: its trainable towers stay in train mode.
+        """
+        frozen: list[nn.Module] = []
+
+        def visit(module: nn.Module) -> None:
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
                 frozen.append(module)
+                return
+            for child in module.children():
+                visit(child)
+
+        visit(self)
+        if self.small_batch_stage():
+            seen = {id(m) for m in frozen}
+            frozen += [m for m in batchnorm_layers(self.backbone) if id(m) not in seen]
         return frozen
+
+    def small_batch_stage(self) -> bool:
+        """A stage with fewer images per device than ``model.batchnorm_min_batch`` (backbone BatchNorm in eval)."""
+        if self.stage_cfg is None:
+            return False
+        return self.stage_batch_size() < int(getattr(self.cfg.model, "batchnorm_min_batch", 0))
+
+    def stage_batch_size(self) -> int:
+        """Images per device in a training step of the current stage (``stages.<s>.batch_size`` or ``data.batch_size``)."""
+        data = getattr(self.cfg, "data", None)
+        return int(self.stage_cfg.batch_size or getattr(data, "batch_size", 0) or 0)
 
     def train(self, mode: bool = True):
         super().train(mode)
