@@ -2,7 +2,7 @@
 
     python benchmarks/towers.py [--models ViT-B-16 RN50 MobileCLIP-S1 MobileCLIP-S2] [--device cuda|cpu]
         [--batch 64] [--image-size 256 128] [--methods full lora] [--steps 10] [--warmup 3] [--repeats 3]
-        [--threads N] [--out benchmarks/out/towers.json]
+        [--num-ids 751] [--threads N] [--cpu-clock] [--out benchmarks/out/towers.json]
 
 Random-init full-size models (no weights are needed for speed), random images already on the device.
 Per model: ftclip's own :class:`~ftclip.tasks.reid.module.ReidModule` stage-2 training step (the
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from common import device_name, sync
-from train_throughput import REPO, ftclip_step_fn, time_steps
+from train_throughput import REPO, ftclip_step_fn
 
 DEFAULT_MODELS = ("ViT-B-16", "RN50", "MobileCLIP-S1", "MobileCLIP-S2")
 
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per model")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--cpu-clock", action="store_true",
+                        help="time with this process's CPU time (time.process_time), not wall time: on a CPU shared "
+                             "with other jobs, with --threads 1, the figures do not depend on their load")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "towers.json")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -57,11 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _settings(models, device, batch, image_size, methods, num_ids, steps, warmup, repeats) -> argparse.Namespace:
-    """What train_throughput's ftclip step reads."""
+def _settings(models, device, batch, image_size, methods, num_ids, steps, warmup, repeats,
+              cpu_clock) -> argparse.Namespace:
+    """What train_throughput's ftclip step reads, and the timing settings."""
+    if cpu_clock and torch.device(device).type != "cpu":
+        raise ValueError("cpu_clock times CPU work: use it with device cpu")
     return argparse.Namespace(models=list(models), device=str(device), batch=int(batch), image_size=list(image_size),
                               methods=list(methods), num_ids=int(num_ids), steps=int(steps), warmup=int(warmup),
-                              repeats=int(repeats), compile=False, model=None)
+                              repeats=int(repeats), cpu_clock=bool(cpu_clock), compile=False, model=None)
 
 
 def _embed_fn(module, batch: int, image_size, device: torch.device, fold: bool):
@@ -81,6 +87,18 @@ def _embed_fn(module, batch: int, image_size, device: torch.device, fold: bool):
     return step
 
 
+def _time_steps(step, settings, device: torch.device) -> float:
+    clock = time.process_time if settings.cpu_clock else time.perf_counter
+    for _ in range(settings.warmup):
+        step()
+    sync(device)
+    start = clock()
+    for _ in range(settings.steps):
+        step()
+    sync(device)
+    return (clock() - start) / settings.steps
+
+
 def _measure(fn_builder, settings, device: torch.device) -> dict[str, Any]:
     seconds, peaks = [], []
     step = None
@@ -89,7 +107,7 @@ def _measure(fn_builder, settings, device: torch.device) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         step = step or fn_builder()
-        seconds.append(time_steps(step, settings, device))
+        seconds.append(_time_steps(step, settings, device))
         if device.type == "cuda":
             peaks.append(torch.cuda.max_memory_allocated(device) / 2**30)
     median = statistics.median(seconds)
@@ -99,11 +117,12 @@ def _measure(fn_builder, settings, device: torch.device) -> dict[str, Any]:
 
 def run_towers(models=DEFAULT_MODELS, device: str = "cuda", batch: int = 64, image_size=(256, 128),
                methods=("full",), num_ids: int = 751, steps: int = 10, warmup: int = 3,
-               repeats: int = 3) -> dict[str, Any]:
+               repeats: int = 3, cpu_clock: bool = False) -> dict[str, Any]:
     """Measure every model in ``models`` (stage-2 train step per method, evaluation embed); returns
-    ``{"device", "settings", "results": [...], "ratios": {...}}`` (ratios against ``models[0]``)."""
+    ``{"device", "settings", "results": [...], "ratios": {...}}`` (ratios against ``models[0]``).
+    ``cpu_clock``: time with the process's CPU time (device cpu; see ``--cpu-clock``)."""
     dev = torch.device(device)
-    settings = _settings(models, dev, batch, image_size, methods, num_ids, steps, warmup, repeats)
+    settings = _settings(models, dev, batch, image_size, methods, num_ids, steps, warmup, repeats, cpu_clock)
     results = []
     for name in models:
         settings.model = name
@@ -172,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.time()
     report = run_towers(args.models, args.device, args.batch, args.image_size, args.methods, args.num_ids,
-                        args.steps, args.warmup, args.repeats)
+                        args.steps, args.warmup, args.repeats, args.cpu_clock)
     report.update({"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                    "date": dt.datetime.now().isoformat(timespec="seconds"), "wall_seconds": time.time() - started,
                    "torch": torch.__version__})

@@ -40,10 +40,10 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def ftclip_tiny_fastvit_mci(pretrained: bool = False, **kwargs):
-    """FastViT-MCi in miniature (one block per stage, widths 8-64): the block types of MobileCLIP-S0..S2."""
+    """FastViT-MCi in miniature (one block per stage, widths 16-128): the block types of MobileCLIP-S0..S2."""
     args = dict(
         layers=(1, 1, 1, 1),
-        embed_dims=(8, 16, 32, 64),  # each a multiple of the previous (grouped downsampling convs)
+        embed_dims=(16, 32, 64, 128),  # each a multiple of the previous (grouped downsampling convs)
         mlp_ratios=(3, 3, 3, 3),
         se_downsamples=(False, False, True, True),
         pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),

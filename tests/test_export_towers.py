@@ -123,7 +123,7 @@ def test_mobileclip_export_is_stock_open_clip_and_folds_for_deployment(exports, 
         @register_model
         def ftclip_tiny_fastvit_mci(pretrained=False, **kw):   # the tiny trunk, as a user registers one
             return _create_fastvit("ftclip_tiny_fastvit_mci", pretrained=pretrained, **dict(dict(
-                layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64), mlp_ratios=(3, 3, 3, 3),
+                layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), mlp_ratios=(3, 3, 3, 3),
                 se_downsamples=(False, False, True, True),
                 pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
                 token_mixers=("repmixer", "repmixer", "repmixer", "attention"), lkc_use_act=True), **kw))

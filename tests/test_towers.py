@@ -211,3 +211,21 @@ def test_batchnorm_follows_frozen_and_small_batch_stages(tiny_reid_root, tmp_pat
     module.train()
     assert not any(m.training for m in bns) and module.head.neck.bn.training  # the head's BNNeck still trains
     assert "BatchNorm keeps its running statistics (4 images per step < model.batchnorm_min_batch=8)" in line
+
+
+def test_reid_rn50_recipe_builds_clip_reids_resnet():
+    """recipes/reid_rn50.yaml: RN50 (random init here) with a 16x8 attention-pool grid at 256x128."""
+    from ftclip.recipe import load_recipe
+    from ftclip.tasks import get_task
+
+    cfg = load_recipe("recipes/reid_rn50.yaml", ["data.root=/data/market", "model.pretrained=null"])
+    get_task("reid").check_config(cfg)
+    assert cfg.model.resnet_last_stride == 1 and list(cfg.model.mean) == [0.485, 0.456, 0.406]
+    image = cfg.stages.image
+    assert image.optimizer.lr == 3.5e-4 and image.losses["id"] == 1.0 and image.epochs == 120
+    b = Backbone.from_config(cfg.model)
+    assert b.visual.attnpool.positional_embedding.shape == (1 + 16 * 8, 2048)
+    assert b.vision_width == 2048 and b.embed_dim == 1024 and b.quick_gelu is False  # no tag: the config's GELU
+    with pytest.raises(ConfigError, match="strategies.head.sie=true needs an open_clip ViT"):
+        get_task("reid").check_config(load_recipe("recipes/reid_rn50.yaml",
+                                                  ["data.root=/data/market", "strategies.head.sie=true"]))
