@@ -221,6 +221,6 @@ def test_bad_hf_text_layer_in_a_recipe_fails_before_training(tiny_reid_root, tmp
     from ftclip.errors import ConfigError
     from ftclip.recipe import load_recipe
 
-    with pytest.raises(ConfigError, match="run.hf_text_layer 'middle' is not one of last, penultimate"):
+    with pytest.raises(ConfigError, match="run.hf_text_layer='middle' is not allowed: it must be one of: last, penultimate"):
         load_recipe("recipes/demo/reid_synthetic.yaml",
                     tiny_reid_overrides(tiny_reid_root, tmp_path / "r", **{"run.hf_text_layer": "middle"}))
