@@ -164,24 +164,24 @@ class StagedModule(L.LightningModule, ABC):
         return line
 
     def frozen_modules(self) -> list[nn.Module]:
-        """Modules kept in eval mode during a stage: the largest subtrees whose parameters are all frozen
-        (their BatchNorm statistics and dropout too), and every BatchNorm of the backbone when the stage's
-        batch is smaller than ``model.batchnorm_min_batch`` images per device (too few for batch statistics).
+        """Modules kept in eval mode (BatchNorm statistics, dropout): a module whose parameters (its own and
+        its children's) are all frozen, and a parameter-free module (e.g. a LoRA adapter's dropout) inside one;
+        and every BatchNorm of the backbone when the stage's batch is smaller than ``model.batchnorm_min_batch``
+        images per device (too few for batch statistics).
 
-        A module with frozen parameters of its own but trainable descendants (open_clip's ``CLIP`` holds
-        ``logit_scale`` next to its towers) is not frozen as a whole: its trainable towers stay in train mode.
-        """
+        A parameter-free module under a module that trains (a ViT's patch dropout in a trained tower) keeps
+        training mode."""
         frozen: list[nn.Module] = []
 
-        def visit(module: nn.Module) -> None:
+        def visit(module: nn.Module, parent_frozen: bool) -> None:
             params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
+            is_frozen = not any(p.requires_grad for p in params) and (bool(params) or parent_frozen)
+            if is_frozen:
                 frozen.append(module)
-                return
             for child in module.children():
-                visit(child)
+                visit(child, is_frozen)
 
-        visit(self)
+        visit(self, False)
         if self.small_batch_stage():
             seen = {id(m) for m in frozen}
             frozen += [m for m in batchnorm_layers(self.backbone) if id(m) not in seen]
