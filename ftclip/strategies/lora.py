@@ -3,7 +3,11 @@
 :func:`apply_lora` injects peft LoRA adapters in place into ``backbone.model``:
 
 * ``attn``: the q, k, v and output projections of each selected block's self-attention;
+* ``qkv``: the q, k and v projections only (CLIP-LoRA's placement: no output projection);
 * ``mlp``: the block's ``mlp.c_fc`` and ``mlp.c_proj`` (plain ``nn.Linear``).
+
+Each projection gets its own adapter; the scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with
+``rslora: true`` (rsLoRA, peft's ``use_rslora``; CLIP-LoRA's ``loralib/layers.py``).
 
 open_clip's blocks use ``nn.MultiheadAttention``, whose fused ``in_proj_weight`` is not a
 layer with a forward and whose ``out_proj`` forward is never called. peft 0.21's own
@@ -45,6 +49,7 @@ from ftclip.config import LORA_TARGETS as TARGETS
 from ftclip.config import LoraConfig
 from ftclip.errors import ConfigError, FtclipError
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+QKV_PROJECTIONS = ATTN_PROJECTIONS[:3]
 MLP_LAYERS = ("c_fc", "c_proj")
 KEY = "strategies.lora"
 
@@ -288,7 +293,7 @@ def _tower_blocks(backbone: Backbone, encoder: str) -> tuple[str, nn.ModuleList]
 
 def _block_targets(block: nn.Module, name: str, targets: list[str], model_name: str) -> list[str]:
     names = []
-    if "attn" in targets:
+    if "attn" in targets or "qkv" in targets:
         attn = getattr(block, "attn", None)
         if isinstance(attn, nn.MultiheadAttention):
             if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
@@ -302,7 +307,8 @@ def _block_targets(block: nn.Module, name: str, targets: list[str], model_name: 
                 f"{type(attn).__name__} (open_clip's custom attention, which reads its weights directly); "
                 "use targets=[mlp] for this model"
             )
-        names += [f"{name}.attn.{p}" for p in ATTN_PROJECTIONS]
+        projections = ATTN_PROJECTIONS if "attn" in targets else QKV_PROJECTIONS
+        names += [f"{name}.attn.{p}" for p in projections]
     if "mlp" in targets:
         mlp = getattr(block, "mlp", None)
         missing = [n for n in MLP_LAYERS if not isinstance(getattr(mlp, n, None), nn.Linear)]
@@ -346,7 +352,7 @@ def apply_lora(backbone: Backbone, cfg: LoraConfig) -> LoraSummary:
             names += _block_targets(resblocks[index], block_name, targets, backbone.name)
             plan.append((block_name, resblocks[index]))
 
-    if "attn" in targets:
+    if "attn" in targets or "qkv" in targets:
         for _, block in plan:
             if isinstance(block.attn, nn.MultiheadAttention):
                 block.attn = SplitProjectionAttention.from_mha(block.attn)
@@ -357,6 +363,7 @@ def apply_lora(backbone: Backbone, cfg: LoraConfig) -> LoraSummary:
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        use_rslora=bool(cfg.rslora),
         bias="none",
         init_lora_weights=True,  # A: Kaiming-uniform, B: zeros
     )
