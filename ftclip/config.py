@@ -89,10 +89,10 @@ class ScheduleConfig:
     # steps its schedulers (then the first epoch is already one warm-up step above warmup_lr / warmup_factor
     # and the warm-up lasts warmup_epochs - 1 epochs); 0 as torch's schedulers stepped after each epoch (pyiqa)
     first_epoch: int = within(OneOf(0, 1), 1)
-    warmup_epochs: int = within(NON_NEGATIVE_INT, 0)  # warm-up length in schedule units: epochs, or steps (interval step)
+    warmup_epochs: int = within(NON_NEGATIVE_INT, 0)  # warm-up length: epochs, or steps with interval step
     warmup_lr: float = within(NON_NEGATIVE, 1e-5)  # cosine: the absolute lr the warm-up line starts from (t = 0)
     warmup_factor: float = within(FRACTION, 0.1)  # warmup_multistep: the factor the warm-up line starts from (t = 0)
-    min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor
+    min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor (dassl_cosine: its eta_min; warmup_cosine: added)
     milestones: List[int] = within(Each(NON_NEGATIVE_INT), factory=list)  # epoch numbers t from which gamma applies once more
     gamma: float = within(POSITIVE, 0.1)
     interval: str = within(OneOf(*SCHEDULE_INTERVALS), "epoch")  # the schedule advances per epoch or per optimizer step

@@ -85,19 +85,22 @@ def model_card_section(meta: dict) -> str:
 ## Classify images (few-shot classifier)
 
 Method `{meta.get('method')}`; classifier: {what}. Classes ({len(names)}): {shown}.
-`ftclip predict /path/to/this/folder photos/ --out preds.csv` gives the same labels as:
+`ftclip predict /path/to/this/folder photos/ --out preds.csv` gives the same labels as this (ftclip resizes
+with OpenCV, open_clip with PIL: images already at the model's input size give identical features, resized
+ones can differ slightly; docs/export.md, "Preprocessing"):
 
 ```python
 import json
 import numpy as np, open_clip, torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.numpy import load_file
 
 folder = "/path/to/this/folder"
 model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{{folder}}")
 classnames = json.load(open(f"{{folder}}/ftclip_export.json"))["task_info"]["classnames"]
 with torch.no_grad():
-    f = model.eval().encode_image(preprocess(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)).numpy()
+    image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")  # as ftclip reads it
+    f = model.eval().encode_image(preprocess(image).unsqueeze(0)).numpy()
 {lines}
 print(classnames[int(logits.argmax(axis=1)[0])])
 ```

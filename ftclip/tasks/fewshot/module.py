@@ -31,7 +31,7 @@ weights it interpolates from (:meth:`FewshotModule.zero_shot_backbone`) instead 
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ VAL_KINDS = ("linear_probe", "lp_plus_plus", "tip_adapter", "tip_adapter_f")
 #: stage kinds whose weights change, so WiSE-FT applies
 WISE_KINDS = ("clip_lora", "finetune", "flyp")
 METRICS = ("accuracy", "top5", "macro_f1", "balanced_accuracy", "ece")
+TEXT_BATCH = 1024  # prompts per text-tower forward
 
 
 class FewshotModule(StagedModule):
@@ -130,8 +131,9 @@ class FewshotModule(StagedModule):
             return F.normalize(self._coop_features(classnames).float(), dim=-1)
         prompts = fill(self.templates, classnames)
         tokens = backbone.tokenize([p for row in prompts for p in row])
-        feats = backbone.encode_text(tokens).float().view(len(self.templates), len(classnames), -1)
-        return zeroshot_weights(feats)
+        feats = torch.cat([backbone.encode_text(tokens[i:i + TEXT_BATCH]).float()  # 80 templates x 1000 classes fit
+                           for i in range(0, len(tokens), TEXT_BATCH)])
+        return zeroshot_weights(feats.view(len(self.templates), len(classnames), -1))
 
     def class_text(self) -> torch.Tensor:
         """The trained classes' text weights as the current classifier reads them (with CoOp's context once learned)."""
@@ -184,6 +186,16 @@ class FewshotModule(StagedModule):
         return F.normalize(self.backbone.encode_image(images).float(), dim=-1)
 
     # ------------------------------------------------------------------ features for the fitting steps
+    @contextmanager
+    def evaluating(self):
+        """Eval mode (no dropout, LoRA's included) for the fitting steps and WiSE-FT; the mode is restored after."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
     @torch.no_grad()
     def _features(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
@@ -204,7 +216,10 @@ class FewshotModule(StagedModule):
 
     # ------------------------------------------------------------------ stages
     def on_fit_start(self) -> None:
-        kind = str(self.stage_cfg.kind)
+        with self.evaluating():
+            self._start_stage(str(self.stage_cfg.kind))
+
+    def _start_stage(self, kind: str) -> None:
         fresh = self.trainer.ckpt_path is None  # a resumed stage keeps what its checkpoint holds
         self.state = {"classifier": CLASSIFIER_OF[kind], "context": kind == "coop" or self.state["context"],
                       "normalize": self.state["normalize"], "method": kind}
@@ -290,7 +305,8 @@ class FewshotModule(StagedModule):
 
     def on_train_end(self) -> None:
         if str(self.stage_cfg.kind) == "tip_adapter_f":  # the trained keys' beta/alpha, searched on val
-            self.stage_reports.setdefault(self.stage_name, {})["fit"] = self._search_tip()
+            with self.evaluating():
+                self.stage_reports.setdefault(self.stage_name, {})["fit"] = self._search_tip()
             self._fixed_text = None
 
     def training_step(self, batch, batch_idx):
@@ -303,7 +319,7 @@ class FewshotModule(StagedModule):
             name = "ce"
         loss = self.loss_weight(name, 1.0) * loss
         self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        self.log("train/loss", loss, prog_bar=self.progress_bar_shown, batch_size=len(batch["index"]))
         return loss
 
     def _train_logits(self, kind: str, images: torch.Tensor) -> torch.Tensor:
@@ -331,7 +347,8 @@ class FewshotModule(StagedModule):
         kind = str(self.stage_cfg.kind)
         alphas = [float(a) for a in self.cfg.wise.alpha]
         if kind in WISE_KINDS and alphas:
-            self.stage_reports.setdefault(self.stage_name, {})["wise"] = self.wise_sweep(alphas)
+            with self.evaluating():
+                self.stage_reports.setdefault(self.stage_name, {})["wise"] = self.wise_sweep(alphas)
 
     # ------------------------------------------------------------------ WiSE-FT
     def zero_shot_backbone(self) -> Backbone:
