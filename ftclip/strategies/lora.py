@@ -48,6 +48,7 @@ from ftclip.config import LORA_ENCODERS as ENCODERS
 from ftclip.config import LORA_TARGETS as TARGETS
 from ftclip.config import LoraConfig
 from ftclip.errors import ConfigError, FtclipError
+
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 QKV_PROJECTIONS = ATTN_PROJECTIONS[:3]
 MLP_LAYERS = ("c_fc", "c_proj")

@@ -72,7 +72,7 @@ def _corrupt_shot(root):
     (_classnames_mismatch, "does not match the 2 classes of folder: it lacks class(es) 'dog'; it names class(es) the "
                            "data set does not have: 'wolf'"),
     (_csv_unknown_label, "1 row(s) have labels no train row has: 'dgo' (line 5)"),
-    (_zero_shots, "data.shots must be an integer >= 1, got 0"),
+    (_zero_shots, "data.shots=0 is not allowed: it must be an integer >= 1"),
     (_corrupt_shot, "is empty (0 bytes)"),
 ], ids=lambda v: getattr(v, "__name__", "")[1:] if callable(v) else "")
 def test_bad_input_is_one_error_before_any_model(tmp_path, monkeypatch, capsys, make, message):

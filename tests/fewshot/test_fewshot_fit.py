@@ -99,13 +99,16 @@ def test_seeds_run_one_run_each_and_summarise(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("stages.zs.train=[image]", "is fitted in closed form, without an optimizer, and trains no parameter group"),
+    ("stages.zs.train=[image]", "stages.zs.train=['image'] is not allowed: a 'zeroshot' stage is fitted without an "
+                                "optimizer and trains no parameter group"),
     ("stages.zs.kind=softmax", "stages.zs.kind 'softmax' is not a stage of task 'fewshot'"),
     ("stages.zs.losses.ce=1.0", "stages.zs.losses.ce is not a setting of a 'zeroshot' stage"),
-    ("data.shots=0", "data.shots must be an integer >= 1"),
-    ("data.split=novel", "data.split 'novel' is not one of all, base2new"),
-    ("wise.alpha=[1.5]", "WiSE-FT alpha must be a number in [0, 1]"),
+    ("stages.zs.kind=coop", "stages.zs.train=[] is not allowed: it must be a non-empty list"),
+    ("data.shots=0", "data.shots=0 is not allowed: it must be an integer >= 1"),
+    ("data.split=novel", "data.split='novel' is not allowed: it must be one of: all, base2new"),
+    ("wise.alpha=[1.5]", "wise.alpha=[1.5] is not allowed: it must be a list (each a finite number in [0, 1])"),
     ("strategies.zeroshot.templates=a photo", "is not a template set"),
+    ("strategies.coop.position=last", "strategies.coop.position='last' is not allowed: it must be one of: end"),
 ])
 def test_recipe_mistakes_are_one_error_before_any_data(tmp_path, override, message):
     from ftclip.engine import prepare

@@ -68,6 +68,8 @@ def test_run_and_export_predict_the_same_and_corrupt_images_are_skipped(trained,
     err = capsys.readouterr().err
     assert "skipped unreadable image" in err and "broken.png" in err
     assert main(["predict", str(tmp / "run"), str(images), "--out", str(tmp / "r.csv"), "--topk", "3", "--quiet"]) == 0
+    assert main(["predict", str(out), str(images), "--out", str(tmp / "e.csv")]) == 2  # checked before any work
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
     from_export, from_run = _rows(tmp / "e.csv"), _rows(tmp / "r.csv")
     assert len(from_export) == 8 * 3 and [r["rank"] for r in from_export[:3]] == ["1", "2", "3"]
     assert [r["label"] for r in from_export] == [r["label"] for r in from_run]

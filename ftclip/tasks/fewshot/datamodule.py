@@ -168,8 +168,6 @@ class FewshotDataModule(StagedDataModule):
         if self.split is not None:
             return self.split
         d = self.cfg.data
-        if str(d.split) not in ("all", "base2new"):
-            raise ConfigError(f"data.split '{d.split}' is not one of all, base2new")
         options = LoadOptions(csv_path=d.csv, dataset=d.dataset, test_fraction=float(d.test_fraction),
                               seed=int(d.split_seed))
         data = load_classification_data(d.format, self._root(), options=options, classnames_file=d.classnames)

@@ -11,29 +11,36 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from ftclip.config import EvalConfig, LoraConfig, RecipeBase
+from ftclip.domains import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Each, Interval,
+                            OneOf, within)
+from ftclip.tasks.fewshot.coop import CLASS_TOKEN_POSITIONS
+from ftclip.tasks.fewshot.formats import FEWSHOT_FORMATS
 from ftclip.tasks.fewshot.methods import COOP, LINEAR_PROBE, LP_PLUS_PLUS, TipAdapterDefaults
 
 _TIP = TipAdapterDefaults()
+FORMATS = OneOf("auto", *FEWSHOT_FORMATS)
 
 
 @dataclass
 class FewshotDataConfig:
-    format: str = "auto"  # auto, folder, csv, dassl
+    format: str = within(FORMATS, "auto")
     root: Optional[str] = None  # the data set folder (format csv: may be left out when data.csv is given)
     csv: Optional[str] = None  # format csv: the path,label[,split] list (default: the one .csv in root)
     dataset: Optional[str] = None  # format dassl: which of CoOp's 11 sets (default: detected)
     classnames: Optional[str] = None  # file renaming the classes (.json or "key name" lines)
-    test_fraction: float = 0.3  # one folder tree / CSV without split column: share held out as test
-    split_seed: int = 0  # seed of that train/test split (fixed across the K-shot seeds)
-    shots: int = 16  # K training images per class
-    val_shots: Optional[int] = None  # val images per class; null: min(shots, 4)
-    seed: Optional[int] = None  # seed of the K-shot draw; null: the run's seed
-    split: str = "all"  # all | base2new (first ceil(n/2) classes trained, the rest tested zero-shot)
+    # one folder tree / CSV without split column: share held out as test
+    test_fraction: float = within(Interval(0, 1, low_open=True, high_open=True), 0.3)
+    split_seed: int = within(SEED, 0)  # seed of that train/test split (fixed across the K-shot seeds)
+    shots: int = within(POSITIVE_INT, 16)  # K training images per class
+    val_shots: Optional[int] = within(POSITIVE_INT, None)  # val images per class; null: min(shots, 4)
+    seed: Optional[int] = within(SEED, None)  # seed of the K-shot draw; null: the run's seed
+    # all | base2new (first ceil(n/2) classes trained, the rest tested zero-shot)
+    split: str = within(OneOf("all", "base2new"), "all")
     synthetic: bool = False  # write ftclip's synthetic set into data.root first when data.root is missing or empty
-    batch_size: int = 32
-    num_workers: int = 2
+    batch_size: int = within(POSITIVE_INT, 32)
+    num_workers: int = within(NON_NEGATIVE_INT, 2)
     pin_memory: bool = True
-    on_bad_image: str = "error"  # error | skip
+    on_bad_image: str = within(OneOf("error", "skip"), "error")
     check_images: bool = True  # decode every image the run uses once before any model is built
 
 
@@ -41,7 +48,7 @@ class FewshotDataConfig:
 class RetainSetConfig:
     """A second labelled set, evaluated zero-shot after every stage: what fine-tuning forgets."""
 
-    format: str = "auto"
+    format: str = within(FORMATS, "auto")
     root: Optional[str] = None  # null: no retain set
     csv: Optional[str] = None
     dataset: Optional[str] = None
@@ -60,38 +67,39 @@ class ZeroshotConfig:
     """The text classifier: class-name prompts through the text tower (every method that reads text)."""
 
     templates: Any = "default"  # default, clip_imagenet, clip_imagenet_select, dataset, "... {} ...", or a list
-    logit_scale: Optional[float] = 100.0  # fixed scale on the cosine; null: the model's exp(logit_scale)
+    logit_scale: Optional[float] = within(POSITIVE, 100.0)  # fixed scale on the cosine; null: the model's exp(logit_scale)
 
 
 @dataclass
 class CoopConfig:
-    n_ctx: int = COOP.n_ctx  # learned context vectors (an init phrase sets their number)
+    n_ctx: int = within(POSITIVE_INT, COOP.n_ctx)  # learned context vectors (an init phrase sets their number)
     init: Optional[str] = COOP.init  # e.g. "a photo of a"; null: N(0, init_std)
     class_specific: bool = COOP.class_specific  # one context per class (CSC)
-    position: str = COOP.position  # end, middle, front: where the class name goes
-    init_std: float = COOP.init_std
+    position: str = within(OneOf(*CLASS_TOKEN_POSITIONS), COOP.position)  # where the class name goes
+    init_std: float = within(POSITIVE, COOP.init_std)
 
 
 @dataclass
 class LinearProbeConfig:
-    c_grid: List[float] = field(default_factory=lambda: list(LINEAR_PROBE.c_grid))
-    search_steps: int = LINEAR_PROBE.search_steps
-    max_iter: int = LINEAR_PROBE.max_iter
+    c_grid: List[float] = within(Each(POSITIVE, min_length=1), factory=lambda: list(LINEAR_PROBE.c_grid))
+    search_steps: int = within(NON_NEGATIVE_INT, LINEAR_PROBE.search_steps)
+    max_iter: int = within(POSITIVE_INT, LINEAR_PROBE.max_iter)
 
 
 @dataclass
 class LpPlusPlusConfig:
-    epochs: int = LP_PLUS_PLUS.epochs
-    alpha_every: int = LP_PLUS_PLUS.alpha_every
+    epochs: int = within(POSITIVE_INT, LP_PLUS_PLUS.epochs)
+    alpha_every: int = within(POSITIVE_INT, LP_PLUS_PLUS.alpha_every)
 
 
 @dataclass
 class TipAdapterConfig:
-    augment_passes: int = _TIP.augment_passes  # cache keys: mean over this many augmented passes
-    init_alpha: Optional[float] = None  # null: the reference's value for the data set (2 for others)
-    init_beta: float = _TIP.init_beta
-    search_scale: Optional[List[float]] = None  # [beta, alpha]; null: the reference's for the data set
-    search_step: List[int] = field(default_factory=lambda: list(_TIP.search_step))
+    augment_passes: int = within(POSITIVE_INT, _TIP.augment_passes)  # cache keys: mean over this many passes
+    init_alpha: Optional[float] = within(NON_NEGATIVE, None)  # null: the reference's value for the data set
+    init_beta: float = within(NON_NEGATIVE, _TIP.init_beta)
+    # [beta, alpha] ranges searched; null: the reference's for the data set (grid i (scale - 0.1) / steps + 0.1)
+    search_scale: Optional[List[float]] = within(Each(Interval(0.1, low_open=True), length=2), None)
+    search_step: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: list(_TIP.search_step))
 
 
 @dataclass
@@ -112,7 +120,8 @@ class FewshotStrategies:
 
 @dataclass
 class WiseConfig:
-    alpha: List[float] = field(default_factory=list)  # WiSE-FT mixing weights evaluated after weight-changing stages
+    # WiSE-FT mixing weights (0 zero-shot, 1 fine-tuned) evaluated after every weight-changing stage
+    alpha: List[float] = within(Each(FRACTION), factory=list)
 
 
 @dataclass
