@@ -41,7 +41,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "stages.clip_lora.kind=coop", "stages.clip_lora.train=[prompts]", "stages.clip_lora.epochs=200",
         "stages.clip_lora.max_steps=-1", "strategies.zeroshot.logit_scale=null",
         "stages.clip_lora.optimizer={name: sgd, lr: 0.002, momentum: 0.9, weight_decay: 5.0e-4}",
-        "stages.clip_lora.schedule={name: dassl_cosine, warmup_epochs: 1, warmup_lr: 1.0e-5, min_lr: 0.0}"]),
+        "stages.clip_lora.schedule={first_epoch: 0, name: dassl_cosine, warmup_epochs: 1, warmup_lr: 1.0e-5, "
+        "min_lr: 0.0}"]),
     "clip_lora": ("demo: lr 2e-2, 300 steps", LORA),
     "finetune": ("demo: lr 1e-3, 300 steps", NO_LORA + [
         "stages.clip_lora.kind=finetune", "stages.clip_lora.train=[image,head]",

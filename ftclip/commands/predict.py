@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ftclip.errors import FtclipError
@@ -57,7 +56,8 @@ def write_predictions(out: Path, rows: list[dict], columns: list[str]) -> None:
 def run(args) -> int:
     import torch
 
-    from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
+    from ftclip.artifacts.inference import (collect_inputs, iter_image_batches, load_for_inference, path_kind,
+                                            report_unreadable)
     from ftclip.io import check_output_file
 
     if args.topk < 1:
@@ -85,11 +85,7 @@ def run(args) -> int:
         probs, index = probs.topk(min(args.topk, probs.shape[-1]), dim=-1)
         for path, p_row, i_row in zip(batch_paths, probs.cpu().tolist(), index.cpu().tolist()):
             best[path] = [(classnames[i], float(p)) for p, i in zip(p_row, i_row)]
-    for path, reason in bad:
-        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
-    if not best:
-        raise FtclipError(f"none of the {len(inputs.paths)} image(s) could be read, so nothing was classified "
-                          f"(first: {bad[0][0]}: {bad[0][1]})")
+    report_unreadable(bad, len(best), len(inputs.paths), "classified")
     truth = inputs.column("label")
     rows = [{"path": str(p), "rank": rank, "label": label, "score": score,
              **({"true_label": truth.get(p, "")} if truth else {})}

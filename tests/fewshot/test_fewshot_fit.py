@@ -35,7 +35,7 @@ def test_base2new_and_wise_end_points(data_root, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", data_root, {
         "coop": {"kind": "coop", "train": ["prompts"], "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.002}},
         "lora": {"kind": "clip_lora", "train": ["image.lora", "text.lora"], "epochs": 100, "max_steps": 3,
-                 "optimizer": {"name": "adamw", "lr": 1.0e-2}, "schedule": {"name": "cosine", "interval": "step"}},
+                 "optimizer": {"name": "adamw", "lr": 1.0e-2}, "schedule": {"name": "cosine", "interval": "step", "first_epoch": 0}},
         "ft": {"kind": "finetune", "train": ["image", "head"], "epochs": 1, "optimizer": {"name": "adamw", "lr": 1.0e-3}},
     }, data={"split": "base2new"}, strategies={"lora": LORA}, wise={"alpha": [0.0, 1.0]}, run={"dir": str(tmp_path / "run")})
     assert main(["fit", str(recipe)]) == 0

@@ -68,7 +68,8 @@ def test_clip_lora_recipe_schedule_is_torchs_cosine_annealing_per_iteration() ->
 
 
 def test_warmup_cosine_is_flyps_cosine_lr() -> None:
-    cfg = OmegaConf.structured(ScheduleConfig(name="warmup_cosine", interval="step", warmup_epochs=500, min_lr=0.0))
+    cfg = OmegaConf.structured(ScheduleConfig(name="warmup_cosine", interval="step", warmup_epochs=500, min_lr=0.0,
+                                              first_epoch=0))
     base, total = 1e-5, 2000
     for step in (0, 1, 499, 500, 1000, 1999):  # FLYP src/models/utils.py cosine_lr
         ref = base * (step + 1) / 500 if step < 500 else 0.5 * (1 + math.cos(math.pi * (step - 500) / 1500)) * base

@@ -9,7 +9,8 @@
   zero-shot. Only those images are decoded (``data.check_images``; with ``data.on_bad_image=skip``
   an unreadable image is dropped from the data set and the shots are drawn again).
 * Training images per stage kind (:data:`TRAIN_AUGMENT`): each method's reference augmentation,
-  RandomResizedCrop (bicubic) + horizontal flip, seeded per sample by the sampler.
+  torchvision-style RandomResizedCrop (PIL resize, ``model.train_interpolation``) + horizontal flip,
+  seeded per sample by the sampler.
 * Evaluation (Lightning's validation loop, after every stage): the test split -- or the base and
   new test splits -- then the optional ``eval.retain`` set and ``eval.captions`` images, all
   concatenated, sharded over ranks and gathered by index. The model's own preprocessing
@@ -22,13 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import albumentations as A
 from torch.utils.data import DataLoader, Dataset
 
 from ftclip.data.images import check_images, read_image
 from ftclip.data.samplers import ShardSampler
 from ftclip.data.tables import read_table
-from ftclip.data.transforms import INTERPOLATION, apply, eval_transform
+from ftclip.data.transforms import apply, crop_train_transform, eval_transform
 from ftclip.data.module import StagedDataModule
 from ftclip.errors import ConfigError, DataError
 from ftclip.tasks.fewshot.dataset import ClassificationData, Item, few
@@ -46,13 +46,6 @@ TRAIN_AUGMENT: dict[str, tuple[tuple[float, float], float]] = {
 }
 #: The augmentation of the Tip-Adapter cache passes and of LP++'s one feature pass.
 CACHE_AUGMENT: tuple[tuple[float, float], float] = ((0.5, 1.0), 0.5)
-
-
-def train_transform(size, mean, std, scale: tuple[float, float], flip_p: float, interpolation: str = "bicubic"):
-    """RandomResizedCrop to ``size`` (torchvision's aspect range 3/4..4/3), flip, normalise."""
-    h, w = size
-    return A.Compose([A.RandomResizedCrop(size=(h, w), scale=tuple(scale), interpolation=INTERPOLATION[interpolation]),
-                      A.HorizontalFlip(p=flip_p), A.Normalize(mean=mean, std=std, max_pixel_value=255.0)], seed=0)
 
 
 class ClassImages(Dataset):
@@ -263,14 +256,17 @@ class FewshotDataModule(StagedDataModule):
     def _eval_transform(self):
         return eval_transform(self.size, self.mean, self.std, interpolation=self.interpolation)
 
+    def _train_transform(self, scale: tuple[float, float], flip_p: float):
+        return crop_train_transform(self.size, self.mean, self.std, scale=scale, flip_p=flip_p,
+                                    interpolation=self.train_interpolation)
+
     def image_loader(self, split: str, augment: tuple[tuple[float, float], float] | None = None,
                      epoch: int = 0) -> DataLoader:
         """Every image of ``split`` ("train" or "val") in order, on every rank (no sharding), for the
         module's own fitting steps: test preprocessing, or ``augment`` = (crop scale, flip p) seeded by
         (run seed, ``epoch``), so each augmented pass differs and the same images come in the same order."""
         items = getattr(self.load(), split)
-        transform = self._eval_transform() if augment is None else train_transform(
-            self.size, self.mean, self.std, augment[0], augment[1], self.interpolation)
+        transform = self._eval_transform() if augment is None else self._train_transform(*augment)
         sampler = ShardSampler(len(items), shuffle=False, seed=int(self.cfg.seed), pad=False)
         sampler.set_epoch(epoch)
         return self.eval_loader(ClassImages(items, transform), sampler=sampler, batch_size=int(self.cfg.eval.batch_size))
@@ -279,13 +275,9 @@ class FewshotDataModule(StagedDataModule):
         split = self.load()
         rank, world = self._rank()
         if self.stage_kind == "flyp":
-            scale, flip = TRAIN_AUGMENT["flyp"]
-            dataset = CaptionImages(self.flyp_pairs, train_transform(self.size, self.mean, self.std, scale, flip,
-                                                                     self.interpolation))
+            dataset = CaptionImages(self.flyp_pairs, self._train_transform(*TRAIN_AUGMENT["flyp"]))
         elif self.stage_kind in TRAIN_AUGMENT:
-            scale, flip = TRAIN_AUGMENT[self.stage_kind]
-            dataset = ClassImages(split.train, train_transform(self.size, self.mean, self.std, scale, flip,
-                                                               self.interpolation))
+            dataset = ClassImages(split.train, self._train_transform(*TRAIN_AUGMENT[self.stage_kind]))
         else:  # a closed-form stage: Lightning asks for a loader it never iterates (0 optimizer steps)
             return self.eval_loader(ClassImages(split.train, self._eval_transform()), batch_size=self.stage_batch_size)
         sampler = ShardSampler(len(dataset), shuffle=True, seed=int(self.cfg.seed), rank=rank, world_size=world, pad=True)
