@@ -85,9 +85,8 @@ def model_card_section(meta: dict) -> str:
 ## Classify images (few-shot classifier)
 
 Method `{meta.get('method')}`; classifier: {what}. Classes ({len(names)}): {shown}.
-`ftclip predict /path/to/this/folder photos/ --out preds.csv` gives the same labels as this (ftclip resizes
-with OpenCV, open_clip with PIL: images already at the model's input size give identical features, resized
-ones can differ slightly; docs/export.md, "Preprocessing"):
+`ftclip predict /path/to/this/folder photos/ --out preds.csv` gives the same labels as this (ftclip's
+evaluation preprocessing is the export's open_clip `preprocess`):
 
 ```python
 import json
