@@ -166,12 +166,22 @@ class StagedModule(L.LightningModule, ABC):
         return describe_trainable(groups, name)
 
     def frozen_modules(self) -> list[nn.Module]:
-        """Modules with no trainable parameter: kept in eval mode (BatchNorm stats, dropout)."""
-        frozen = []
-        for module in self.modules():
-            own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
+        """Modules kept in eval mode (BatchNorm statistics, dropout): a module whose parameters (its own and
+        its children's) are all frozen, and a parameter-free module (e.g. a LoRA adapter's dropout) inside one.
+
+        A parameter-free module under a module that trains (a ViT's patch dropout in a trained tower) keeps
+        training mode."""
+        frozen: list[nn.Module] = []
+
+        def visit(module: nn.Module, parent_frozen: bool) -> None:
+            params = list(module.parameters())
+            is_frozen = not any(p.requires_grad for p in params) and (bool(params) or parent_frozen)
+            if is_frozen:
                 frozen.append(module)
+            for child in module.children():
+                visit(child, is_frozen)
+
+        visit(self, False)
         return frozen
 
     def train(self, mode: bool = True):
