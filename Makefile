@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the torch 2.13.0 CPU build cannot load the torchvision open_clip imports.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo demo-iqa test test-slow lint clean
+.PHONY: venv demo demo-iqa demo-fewshot test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: venv
 
 demo-iqa: venv
 	$(VENV)/bin/ftclip fit recipes/demo/iqa_synthetic.yaml
+
+demo-fewshot: venv
+	$(VENV)/bin/ftclip fit recipes/demo/fewshot_synthetic.yaml
 
 test: venv
 	$(PY) -m pytest -q -m "not slow"

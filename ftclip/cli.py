@@ -19,6 +19,7 @@ COMMANDS = [
     "ftclip.commands.data",
     "ftclip.commands.recipes",
     "ftclip.commands.score",
+    "ftclip.commands.predict",
     "ftclip.commands.export",
     "ftclip.commands.embed",
     "ftclip.commands.verify",

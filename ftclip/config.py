@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 from ftclip.domains import (FINITE, FRACTION, NAME, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Each,
                             Interval, OneOf, within)
-from ftclip.stages import OPTIMIZERS, SCHEDULES
+from ftclip.stages import OPTIMIZERS, SCHEDULE_INTERVALS, SCHEDULES
 from ftclip.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -27,7 +27,7 @@ REPO_ROOT = PACKAGE_ROOT.parent
 
 INTERPOLATIONS = ("bicubic", "bilinear")  # PIL resize kernels open_clip's preprocessing (and so an export) can record
 LORA_ENCODERS = ("image", "text")
-LORA_TARGETS = ("attn", "mlp")
+LORA_TARGETS = ("attn", "qkv", "mlp")  # q, k, v and out / q, k, v only (CLIP-LoRA) / the MLP
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 #: Lightning 2.6's precision names (tests/test_domains.py compares them with Lightning's own list)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
@@ -75,6 +75,7 @@ class LoraConfig:
     r: int = within(POSITIVE_INT, 16)
     alpha: float = within(POSITIVE, 16.0)
     dropout: float = within(Interval(0, 1, high_open=True), 0.1)
+    rslora: bool = False  # scaling alpha / sqrt(r) (rsLoRA, as CLIP-LoRA) instead of alpha / r
 
 
 @dataclass
@@ -85,22 +86,24 @@ class OptimizerConfig:
     # lr x this for every parameter named *bias* (in_proj_bias too); CLIP-ReID stage 2: 2.0
     bias_lr_factor: float = within(POSITIVE, 1.0)
     momentum: float = within(FRACTION, 0.9)  # sgd only
+    eps: float = within(POSITIVE, 1e-8)  # adam/adamw (Tip-Adapter-F uses 1e-4)
     fused: Optional[bool] = None  # None: fused on CUDA, off on CPU
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = within(OneOf(*SCHEDULES), "constant")
+    name: str = within(OneOf(*SCHEDULES), "constant")  # formulas in ftclip/stages.py
     # the epoch number t the schedule is evaluated at for the first epoch (ftclip/stages.py): 1 as CLIP-ReID
     # steps its schedulers (then the first epoch is already one warm-up step above warmup_lr / warmup_factor
     # and the warm-up lasts warmup_epochs - 1 epochs); 0 as torch's schedulers stepped after each epoch (pyiqa)
     first_epoch: int = within(OneOf(0, 1), 1)
-    warmup_epochs: int = within(NON_NEGATIVE_INT, 0)
+    warmup_epochs: int = within(NON_NEGATIVE_INT, 0)  # warm-up length: epochs, or steps with interval step
     warmup_lr: float = within(NON_NEGATIVE, 1e-5)  # cosine: the absolute lr the warm-up line starts from (t = 0)
     warmup_factor: float = within(FRACTION, 0.1)  # warmup_multistep: the factor the warm-up line starts from (t = 0)
-    min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor
+    min_lr: float = within(NON_NEGATIVE, 1e-6)  # cosine floor (dassl_cosine: its eta_min; warmup_cosine: added)
     milestones: List[int] = within(Each(NON_NEGATIVE_INT), factory=list)  # epoch numbers t from which gamma applies once more
     gamma: float = within(POSITIVE, 0.1)
+    interval: str = within(OneOf(*SCHEDULE_INTERVALS), "epoch")  # the schedule advances per epoch or per optimizer step
 
 
 @dataclass
@@ -108,7 +111,8 @@ class StageConfig:
     """One stage: what it trains (everything else frozen), how, and for how long."""
 
     kind: str = MISSING  # the task's objective for this stage (reid: prompts|image; iqa: qualiclip|mos)
-    train: List[str] = within(Each(NAME, min_length=1), MISSING)  # parameter groups to train, e.g. [prompts] or [image, head]
+    # parameter groups to train, e.g. [prompts] or [image, head]; empty for a task's closed-form kinds (recipe.py)
+    train: List[str] = within(Each(NAME), factory=list)
     epochs: int = within(POSITIVE_INT, 1)
     batch_size: Optional[int] = within(POSITIVE_INT, None)  # None: data.batch_size
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -173,6 +177,7 @@ class RecipeBase:
     task: str = MISSING
     name: str = MISSING
     seed: int = within(SEED, 0)
+    seeds: List[int] = within(Each(SEED), factory=list)  # one run per seed + a mean/std summary (commands/fit.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -76,6 +76,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen towers, on purpose
+    warnings.filterwarnings("ignore", message=".*returned `None`, this fit will run with no optimizer.*")  # closed form
 
 
 class StepSeed(Callback):
@@ -118,6 +119,7 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) ->
     if stage_cfg is None:
         return L.Trainer(logger=False, enable_checkpointing=False, **kwargs)
     every = stage_cfg.eval_every if stage_cfg.eval_every is not None else cfg.eval.every
+    closed_form = str(stage_cfg.kind) in get_task(str(cfg.task)).closed_form_kinds  # fitted in on_fit_start
     ckpt_dir = run.checkpoint_dir(stage)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
@@ -125,13 +127,14 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None) ->
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(t.ckpt_every_n_steps),
                                          save_top_k=1, enable_version_counter=False))
     logger = CSVLogger(save_dir=str(run.log_dir()), name=stage, version="")
-    callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if not closed_form:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks.append(StepSeed(int(cfg.seed), list(cfg.stages).index(stage)))
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(
-        max_epochs=int(stage_cfg.epochs), max_steps=int(stage_cfg.max_steps), logger=logger, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO(run.record_hash)], log_every_n_steps=int(t.log_every_n_steps),
+        max_epochs=int(stage_cfg.epochs), max_steps=0 if closed_form else int(stage_cfg.max_steps), logger=logger,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO(run.record_hash)], log_every_n_steps=int(t.log_every_n_steps),
         gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=int(every) if every and every > 0 else int(stage_cfg.epochs) + 1,
         **kwargs,

@@ -115,10 +115,6 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     return result
 
 
-def _schema_for(task: str):
-    return get_task(task).schema
-
-
 def _explain(exc: OmegaConfBaseException, source: str) -> str:
     key = getattr(exc, "full_key", None) or ""
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -134,7 +130,10 @@ def validate(raw: DictConfig, source: str) -> DictConfig:
     task = raw.get("task")
     if task is None:
         raise ConfigError(f"{source}: the recipe has no 'task' key (one of: {', '.join(task_names())})")
-    schema = _schema_for(str(task))
+    task_def = get_task(str(task))
+    for name, resolver in task_def.recipe_resolvers.items():  # ${<task>.<name>:...} in this task's recipes
+        OmegaConf.register_resolver(f"{task_def.name}.{name}", resolver, replace=True)
+    schema = task_def.schema
     base = OmegaConf.structured(schema)
     # stages are a free-form mapping of names to StageConfig: type each entry explicitly
     stages = raw.get("stages") or {}
@@ -152,9 +151,27 @@ def validate(raw: DictConfig, source: str) -> DictConfig:
         )
     if not cfg.stages:
         raise ConfigError(f"{source}: the recipe declares no stages")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # every ${...} resolves (a task resolver's error names its key)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, source)) from None
     check_values(cfg, schema, source)
+    _check_stage_groups(cfg, task_def, source)
     OmegaConf.set_readonly(cfg, False)
     return cfg
+
+
+def _check_stage_groups(cfg: DictConfig, task, source: str) -> None:
+    """A stage of a closed-form kind (``Task.closed_form_kinds``) trains no group; every other stage trains some."""
+    for name, stage in cfg.stages.items():
+        if stage.kind not in task.stage_kinds:
+            continue  # Task.check_config names the kinds there are
+        if stage.kind in task.closed_form_kinds and stage.train:
+            raise ConfigError(f"{source}: stages.{name}.train={list(stage.train)} is not allowed: a '{stage.kind}' "
+                              "stage is fitted without an optimizer and trains no parameter group; remove the key")
+        if stage.kind not in task.closed_form_kinds and not stage.train:
+            raise ConfigError(f"{source}: stages.{name}.train=[] is not allowed: it must be a non-empty list (the "
+                              f"parameter groups a '{stage.kind}' stage trains, e.g. [image])")
 
 
 def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:

@@ -19,7 +19,18 @@ multistep scheduler's constructor steps it to 0, then ``step()`` at each epoch s
   ``a = t / warmup_epochs`` while ``t < warmup_epochs``, times ``gamma ** (number of milestones
   <= t)``: with milestones 30/50 of 60, epochs 1-29 run at the full rate (after warm-up),
   30-49 at x0.1, 50-60 at x0.01 (1-based);
-* ``constant``.
+* ``constant``;
+* ``dassl_cosine`` (CoOp; Dassl ``build_lr_scheduler`` with a constant warm-up and
+  ``WARMUP_RECOUNT``): ``warmup_lr`` while ``t < warmup_epochs``, then the cosine restarts its
+  count, ``min_lr + (lr - min_lr) * (1 + cos(pi * (t - warmup_epochs) / epochs)) / 2``;
+* ``warmup_cosine`` (FLYP / WiSE-FT ``cosine_lr``): ``lr * (t + 1) / warmup_epochs`` while
+  ``t < warmup_epochs``, then ``lr * (1 + cos(pi * (t - W) / (T - W))) / 2 + min_lr``.
+
+The two written for torch-style references (``dassl_cosine``, ``warmup_cosine``) count from
+``t = 0``: their recipes set ``first_epoch: 0``. With ``schedule.interval: step`` a factor counts
+optimizer steps instead of epochs (``epochs`` is then the stage's total number of steps and
+``warmup_epochs`` a number of steps): ``cosine`` without warm-up and ``first_epoch: 0`` is torch's
+``CosineAnnealingLR`` stepped per iteration (CLIP-LoRA, Tip-Adapter-F).
 
 ``first_epoch: 0`` evaluates the same formulas at ``t = epoch`` instead (0-based): torch's own
 schedulers stepped at each epoch end, as pyiqa steps its ``CosineAnnealingLR`` (epoch 1 at the
@@ -166,9 +177,9 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg) -> torch.
 #: Optimizer name -> builder(param groups, OptimizerConfig, fused) (the one table of names).
 OPTIMIZERS = {
     "adam": lambda groups, cfg, fused: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                        fused=fused or None),
+                                                        eps=cfg.eps, fused=fused or None),
     "adamw": lambda groups, cfg, fused: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                          fused=fused or None),
+                                                          eps=cfg.eps, fused=fused or None),
     "sgd": lambda groups, cfg, fused: torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                       momentum=cfg.momentum),
 }
@@ -196,8 +207,28 @@ def _warmup_multistep(cfg, base_lr: float, epochs: int, t: int) -> float:
     return warm * cfg.gamma ** bisect.bisect_right(list(cfg.milestones), t)
 
 
-#: Schedule name -> factor(ScheduleConfig, base lr, epochs, t) at the 1-based epoch number t (the one table of names).
-SCHEDULES = {"constant": _constant, "cosine": _cosine, "warmup_multistep": _warmup_multistep}
+def _dassl_cosine(cfg, base_lr: float, epochs: int, t: int) -> float:
+    if t < cfg.warmup_epochs:
+        return cfg.warmup_lr / base_lr
+    done = t - cfg.warmup_epochs
+    return (cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * done / epochs))) / base_lr
+
+
+def _warmup_cosine(cfg, base_lr: float, epochs: int, t: int) -> float:
+    warm = int(cfg.warmup_epochs)
+    if epochs <= warm:
+        raise ConfigError(f"schedule warmup_cosine needs more steps/epochs ({epochs}) than warm-up ({warm}): "
+                          "shorten schedule.warmup_epochs or train longer")
+    if t < warm:
+        return (t + 1) / warm
+    lr = 0.5 * (1 + math.cos(math.pi * (t - warm) / (epochs - warm))) * base_lr + cfg.min_lr
+    return lr / base_lr
+
+
+#: Schedule name -> factor(ScheduleConfig, base lr, epochs, t) at the epoch (or step) number t (the one table of names).
+SCHEDULES = {"constant": _constant, "cosine": _cosine, "warmup_multistep": _warmup_multistep,
+             "dassl_cosine": _dassl_cosine, "warmup_cosine": _warmup_cosine}
+SCHEDULE_INTERVALS = ("epoch", "step")
 
 
 def lr_factor(cfg, base_lr: float, epochs: int, epoch: int) -> float:

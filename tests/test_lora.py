@@ -211,8 +211,8 @@ def test_mlp_only_keeps_multihead_attention():
 @pytest.mark.parametrize(
     ("overrides", "key", "hint"),
     [
-        ({"targets": ["qkv"]}, "strategies.lora.targets", "'attn', 'mlp'"),
-        ({"targets": []}, "strategies.lora.targets", "'attn', 'mlp'"),
+        ({"targets": ["ffn"]}, "strategies.lora.targets", "'attn', 'qkv', 'mlp'"),
+        ({"targets": []}, "strategies.lora.targets", "'attn', 'qkv', 'mlp'"),
         ({"encoders": ["audio"]}, "strategies.lora.encoders", "'image', 'text'"),
         ({"r": 0}, "strategies.lora.r", ">= 1"),
         ({"alpha": 0.0}, "strategies.lora.alpha", "> 0"),

@@ -65,3 +65,25 @@ def test_loss_settings_are_checked_before_training(tiny_reid_root, tmp_path, ove
     cfg = load_recipe(DEMO, tiny_reid_overrides(tiny_reid_root, tmp_path / "run") + [override])
     with pytest.raises(ConfigError, match=pattern):
         prepare(cfg)
+
+
+def test_dropout_inside_frozen_lora_adapters_is_off_and_on_when_they_train(tiny_reid_root, tmp_path):
+    """A frozen adapter acts deterministically: its dropout (a parameter-free module) follows the frozen
+    layer it sits in; when a stage trains the adapters, their dropout is active again."""
+    from export_helpers import INFO
+    from ftclip.tasks import get_task
+
+    cfg = load_recipe("recipes/demo/reid_synthetic.yaml", tiny_reid_overrides(
+        tiny_reid_root, tmp_path / "run", **{"strategies.lora.enabled": "true", "strategies.lora.dropout": "0.5",
+                                             "stages.image.train": "[image.lora,head]"}))
+    module = get_task("reid").build_module(cfg, INFO)
+    dropouts = [m for n, m in module.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts
+    head_only = cfg.stages.image.copy()
+    head_only.train = ["head"]
+    module.set_stage("head_only", head_only)
+    module.train()
+    assert not any(d.training for d in dropouts)
+    module.set_stage("image", cfg.stages.image)
+    module.train()
+    assert all(d.training for d in dropouts)

@@ -257,8 +257,8 @@ def _metrics_table(metrics: dict) -> str:
         return "_No metrics were recorded._\n"
     columns: list[str] = []
     for values in metrics.values():
-        for key in values:
-            if key not in columns and key != "train_seconds":
+        for key, value in values.items():
+            if key not in columns and key != "train_seconds" and isinstance(value, (int, float)):
                 columns.append(key)
     lines = ["| evaluated after | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for stage, values in metrics.items():
@@ -271,7 +271,8 @@ def model_card(meta: dict, cfg, task_section: str = "") -> str:
     h, w = meta["image_size"]
     data = cfg.get("data", {})
     data_desc = ", ".join(f"{k}={data[k]}" for k in ("format", "root", "images", "csv") if data.get(k) not in (None, ""))
-    stages = "\n".join(f"- `{name}` ({stage.kind}): trained {list(stage.train)}, {stage.epochs} epochs"
+    stages = "\n".join(f"- `{name}` ({stage.kind}): " + (f"trained {list(stage.train)}, {stage.epochs} epochs"
+                                                         if stage.train else "fitted without an optimizer")
                        for name, stage in cfg.stages.items())
     feature = meta["feature"]
     lora = meta.get("lora_merged")

@@ -34,6 +34,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -357,3 +358,13 @@ def iter_image_batches(
                 tensors.append(tensor)
             if tensors:
                 yield kept, torch.stack(tensors)
+
+
+def report_unreadable(bad: list[tuple[Path, str]], read: int, total: int, done: str) -> None:
+    """Name every skipped image on stderr; one FtclipError when none of the ``total`` could be read
+    (so nothing was ``done``: "scored", "classified")."""
+    for path, reason in bad:
+        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+    if not read:
+        raise FtclipError(f"none of the {total} image(s) could be read, so nothing was {done} "
+                          f"(first: {bad[0][0]}: {bad[0][1]})")

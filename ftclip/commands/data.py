@@ -1,4 +1,4 @@
-"""``ftclip data synth-reid|synth-iqa OUT_DIR`` and ``ftclip data check RECIPE [key=value ...]``."""
+"""``ftclip data synth-reid|synth-iqa|synth-fewshot OUT_DIR`` and ``ftclip data check RECIPE [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def register(sub) -> None:
     iqa.add_argument("--overwrite", action="store_true")
     iqa.set_defaults(func=synth_iqa)
 
+    fewshot = data_sub.add_parser("synth-fewshot", help="write a deterministic few-shot classification set "
+                                                        "(folder layout: train/<class>/, test/<class>/)")
+    fewshot.add_argument("out_dir")
+    fewshot.add_argument("--classes", type=int, default=8, help="number of classes (2..10)")
+    fewshot.add_argument("--train-per-class", type=int, default=20, help="training images per class (16 shots + 4 val)")
+    fewshot.add_argument("--test-per-class", type=int, default=16)
+    fewshot.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("HEIGHT", "WIDTH"))
+    fewshot.add_argument("--seed", type=int, default=0)
+    fewshot.add_argument("--overwrite", action="store_true")
+    fewshot.set_defaults(func=synth_fewshot)
+
     check = data_sub.add_parser("check", help="parse and decode a recipe's data set without training")
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
@@ -44,6 +55,16 @@ def synth_iqa(args) -> int:
 
     out = write_synthetic_iqa(args.out_dir, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a synthetic IQA set to {out}")
+    return 0
+
+
+def synth_fewshot(args) -> int:
+    from ftclip.tasks.fewshot.synthetic import write_synthetic_fewshot
+
+    out = write_synthetic_fewshot(args.out_dir, num_classes=args.classes, train_per_class=args.train_per_class,
+                                  test_per_class=args.test_per_class, size=tuple(args.size), seed=args.seed,
+                                  overwrite=args.overwrite)
+    print(f"wrote a synthetic few-shot set (folder layout, {args.classes} classes) to {out}")
     return 0
 
 

@@ -22,8 +22,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ftclip.artifacts.export import export_run
-    from ftclip.engine import fit, is_main_process
     from ftclip.recipe import load_recipe
     from ftclip.runs import RunDir
 
@@ -50,8 +48,21 @@ def run(args) -> int:
         if not args.recipe:
             raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
         cfg = load_recipe(args.recipe, list(args.overrides))
+        if cfg.seeds:
+            return fit_seeds(cfg)
         run_dir = RunDir.create(cfg)
         created = True
+    metrics = _fit_run(cfg, run_dir, created)
+    print(json.dumps(metrics, indent=2))
+    print(f"done: {run_dir.path}")
+    return 0
+
+
+def _fit_run(cfg, run_dir, created: bool) -> dict:
+    """Train ``cfg`` in ``run_dir`` (removed again if bad input stops it before any work), then export."""
+    from ftclip.artifacts.export import export_run
+    from ftclip.engine import fit, is_main_process
+
     saved = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.path)  # inherited by the DDP workers Lightning launches
     try:
@@ -70,8 +81,37 @@ def run(args) -> int:
     if cfg.run.export and is_main_process():
         export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True,
                    text_layer=str(cfg.run.hf_text_layer))
-    print(json.dumps(metrics, indent=2))
-    print(f"done: {run_dir.path}")
+    return metrics
+
+
+def fit_seeds(cfg) -> int:
+    """``seeds=[1,2,3]``: one run per seed in ``<run dir>/seed<N>/`` (``seed`` set, everything else as given),
+    then ``<run dir>/seeds.json``: per stage and metric the values, their mean and (population) std, as
+    Dassl's ``parse_test_res.py`` reports them. A run that stops can be finished with ``--resume <run dir>/seed<N>``."""
+    import copy
+    import datetime as dt
+    from pathlib import Path
+
+    from ftclip.io import atomic_write_json
+    from ftclip.runs import RunDir
+
+    seeds = [int(s) for s in cfg.seeds]
+    if len(set(seeds)) != len(seeds):
+        raise FtclipError(f"seeds={seeds} lists a seed twice")
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    base = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.root) / str(cfg.name) / stamp
+    runs = {}
+    for seed in seeds:
+        one = copy.deepcopy(cfg)
+        one.seed, one.seeds, one.run.dir = seed, [], str(base / f"seed{seed}")
+        print(f"=== seed {seed} ===", flush=True)
+        runs[seed] = _fit_run(one, RunDir.create(one), created=True)
+    summary = summarize_seeds(runs)
+    atomic_write_json(base / "seeds.json", summary)
+    for stage, values in summary["stages"].items():
+        for key, stats in values.items():
+            print(f"[{stage}] {key} = {stats['mean']:.4f} +- {stats['std']:.4f} over seeds {seeds}")
+    print(f"done: {base} (seeds.json)")
     return 0
 
 
@@ -83,6 +123,23 @@ def _say_resumable(exc: BaseException, run_dir) -> None:
             exc.args = (f"{exc}; {hint}",)
     elif not isinstance(exc, KeyboardInterrupt):  # the CLI says how to resume after an interrupt itself
         print(f"ftclip: {type(exc).__name__} after training began; {hint}", file=sys.stderr, flush=True)
+
+
+def summarize_seeds(runs: dict[int, dict]) -> dict:
+    """``{seed: metrics.json content}`` -> per stage, per numeric metric: values (in seed order), mean, std."""
+    import statistics
+
+    stages: dict[str, dict[str, dict]] = {}
+    for metrics in runs.values():
+        for stage, values in metrics.items():
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "train_seconds":
+                    stages.setdefault(stage, {}).setdefault(key, {"values": []})["values"].append(float(value))
+    for values in stages.values():
+        for stats in values.values():
+            stats["mean"] = statistics.fmean(stats["values"])
+            stats["std"] = statistics.pstdev(stats["values"])
+    return {"seeds": list(runs), "stages": stages}
 
 
 def _worker_rank() -> int:

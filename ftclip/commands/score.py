@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 from ftclip.errors import FtclipError
@@ -28,7 +27,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ftclip.artifacts.inference import collect_inputs, iter_image_batches, load_for_inference, path_kind
+    from ftclip.artifacts.inference import (collect_inputs, iter_image_batches, load_for_inference, path_kind,
+                                            report_unreadable)
     from ftclip.io import atomic_write, check_output_file
     from ftclip.tasks.iqa.metrics import evaluate_iqa
 
@@ -46,11 +46,7 @@ def run(args) -> int:
                                                   lambda path, reason: bad.append((path, reason))):
         for path, value in zip(batch_paths, model.score(images).cpu().tolist()):
             scores[path] = float(value)
-    for path, reason in bad:
-        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
-    if not scores:
-        raise FtclipError(f"none of the {len(inputs.paths)} image(s) could be read, so nothing was scored "
-                          f"(first: {bad[0][0]}: {bad[0][1]})")
+    report_unreadable(bad, len(scores), len(inputs.paths), "scored")
     mos_column = inputs.column("mos")
     rows = [(str(p), scores[p], _number(mos_column.get(p))) for p in inputs.paths if p in scores]
     with_mos = any(m is not None for _, _, m in rows)

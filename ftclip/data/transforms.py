@@ -134,6 +134,31 @@ def reid_train_transform(size: tuple[int, int], mean, std, *, flip_p: float = 0.
     return A.Compose(steps, seed=0)
 
 
+class RandomResizedCrop(A.RandomResizedCrop):
+    """torchvision's ``RandomResizedCrop`` on PIL images (CoOp/Dassl, CLIP-LoRA, Tip-Adapter, WiSE-FT): a crop of
+    area in ``scale`` of the image and log-uniform aspect in ``ratio`` (10 tries, then the centre crop),
+    sampled by albumentations' ``RandomResizedCrop``, resized to ``size`` by :func:`resize` (PIL) instead of
+    OpenCV."""
+
+    def __init__(self, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bicubic"):
+        super().__init__(size=(int(height), int(width)), scale=tuple(scale), ratio=tuple(ratio))
+        self.pil_interpolation = check_interpolation(interpolation)
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        from albumentations.augmentations.crops import functional as fcrops
+
+        return resize(fcrops.crop(img, *crop_coords), self.size, self.pil_interpolation)
+
+
+def crop_train_transform(size: tuple[int, int], mean, std, *, scale: tuple[float, float], flip_p: float,
+                         interpolation: str = "bicubic") -> A.Compose:
+    """:class:`RandomResizedCrop` to ``size``, horizontal flip, normalise (the few-shot references' training input)."""
+    h, w = size
+    return A.Compose([RandomResizedCrop(h, w, scale, interpolation=interpolation), A.HorizontalFlip(p=flip_p),
+                      Normalize(mean, std)], seed=0)
+
+
 def eval_transform(size: tuple[int, int], mean, std, *, interpolation: str = "bicubic") -> A.Compose:
     """Evaluation and inference input: exactly an export's open_clip ``preprocess`` (see module docstring)."""
     h, w = size

@@ -4,7 +4,8 @@
 (ftclip/towers.py); ``blocks`` selects among the tower's blocks, listed below:
 
 ========================  ====================================  ==============================================
-tower                     ``attn``                              ``mlp``
+tower                     ``attn`` (``qkv``: without the        ``mlp``
+                          output projection)
 ========================  ====================================  ==============================================
 open_clip ViT / text      q, k, v, out projections of each      ``mlp.c_fc``, ``mlp.c_proj`` (``nn.Linear``)
 (CLIP, MobileCLIP,        block's ``nn.MultiheadAttention``
@@ -15,6 +16,10 @@ timm trunk (FastViT,      the fused ``qkv`` and ``proj`` of     ``mlp.fc1``, ``m
 timm ViT)                 blocks with attention (FastViT: the   or 1x1 ``nn.Conv2d`` (FastViT's ConvMlp,
                           last stage's)                         peft's Conv2d LoRA)
 ========================  ====================================  ==============================================
+
+``qkv`` is CLIP-LoRA's placement (q, k and v; no output projection). Each projection gets its own
+adapter; the scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with ``rslora: true`` (rsLoRA, peft's
+``use_rslora``; CLIP-LoRA's ``loralib/layers.py``).
 
 Two open_clip modules read their projection weights directly, so an adapter on their layers
 would be silently ignored; each selected one is first swapped for an equivalent module whose
@@ -51,6 +56,7 @@ __all__ = ["LinearAttentionPool2d", "LoraSummary", "SplitProjectionAttention", "
            "merge_lora"]
 
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+QKV_PROJECTIONS = ATTN_PROJECTIONS[:3]
 MLP_LAYERS = ("c_fc", "c_proj")
 POOL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "c_proj")  # ResNet attention pool
 TIMM_ATTN = ("qkv", "proj")
@@ -183,11 +189,11 @@ def _block_targets(kind: str, block: nn.Module, name: str, targets: list[str], m
         if "mlp" in targets:
             raise ConfigError(f"{KEY}.targets: 'mlp': a ResNet image tower ({model_name}) has no MLP blocks; use "
                               "targets=[attn] (its attention pool), or train the ResNet fully (train: [image])")
-        return [f"{name}.{p}" for p in POOL_PROJECTIONS]
+        return [f"{name}.{p}" for p in (POOL_PROJECTIONS if "attn" in targets else POOL_PROJECTIONS[:3])]
     if kind == "timm":
         attn = _timm_attention(block)
-        if "attn" in targets and attn is not None:
-            names += [f"{name}.{attn}.{p}" for p in TIMM_ATTN]
+        if attn is not None and ("attn" in targets or "qkv" in targets):
+            names += [f"{name}.{attn}.{p}" for p in (TIMM_ATTN if "attn" in targets else TIMM_ATTN[:1])]
         if "mlp" in targets:
             mlp = getattr(block, "mlp", None)
             if not all(_pointwise(getattr(mlp, n, None)) for n in TIMM_MLP):
@@ -195,7 +201,7 @@ def _block_targets(kind: str, block: nn.Module, name: str, targets: list[str], m
                                   f"{model_name} block {name} has {type(mlp).__name__}; use targets=[attn]")
             names += [f"{name}.mlp.{n}" for n in TIMM_MLP]
         return names
-    if "attn" in targets:
+    if "attn" in targets or "qkv" in targets:
         attn = getattr(block, "attn", None)
         if isinstance(attn, nn.MultiheadAttention):
             if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
@@ -209,7 +215,8 @@ def _block_targets(kind: str, block: nn.Module, name: str, targets: list[str], m
                 f"{type(attn).__name__} (open_clip's custom attention, which reads its weights directly); "
                 "use targets=[mlp] for this model"
             )
-        names += [f"{name}.attn.{p}" for p in ATTN_PROJECTIONS]
+        projections = ATTN_PROJECTIONS if "attn" in targets else QKV_PROJECTIONS
+        names += [f"{name}.attn.{p}" for p in projections]
     if "mlp" in targets:
         mlp = getattr(block, "mlp", None)
         missing = [n for n in MLP_LAYERS if not isinstance(getattr(mlp, n, None), nn.Linear)]
@@ -253,14 +260,15 @@ def apply_lora(backbone: Backbone, cfg: LoraConfig) -> LoraSummary:
             block_name, block = blocks[index]
             found += _block_targets(kind, block, block_name, targets, backbone.name)
             plan.append((kind, block_name, block))
-        if kind == "timm" and "attn" in targets and not any(n.endswith(".qkv") for n in found):
+        if kind == "timm" and ("attn" in targets or "qkv" in targets) and not any(n.endswith(".qkv") for n in found):
             with_attn = [i for i, (_, b) in enumerate(blocks) if _timm_attention(b)]
-            raise ConfigError(f"{KEY}.targets: 'attn': the selected blocks of {backbone.name}'s image tower have no "
+            asked = "'attn'" if "attn" in targets else "'qkv'"
+            raise ConfigError(f"{KEY}.targets: {asked}: the selected blocks of {backbone.name}'s image tower have no "
                               f"attention (blocks with attention: {with_attn or 'none'}); choose {KEY}.blocks "
                               "among them or targets=[mlp]")
         names += found
 
-    if "attn" in targets:
+    if "attn" in targets or "qkv" in targets:
         for kind, block_name, block in plan:
             if kind == "transformer" and isinstance(block.attn, nn.MultiheadAttention):
                 block.attn = SplitProjectionAttention.from_mha(block.attn)
@@ -273,6 +281,7 @@ def apply_lora(backbone: Backbone, cfg: LoraConfig) -> LoraSummary:
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        use_rslora=bool(cfg.rslora),
         bias="none",
         init_lora_weights=True,  # A: Kaiming-uniform, B: zeros
     )

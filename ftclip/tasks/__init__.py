@@ -14,6 +14,7 @@ from ftclip.errors import ConfigError
 TASKS: dict[str, str] = {
     "reid": "ftclip.tasks.reid",
     "iqa": "ftclip.tasks.iqa",
+    "fewshot": "ftclip.tasks.fewshot",
 }
 
 

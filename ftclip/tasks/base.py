@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +55,13 @@ class Task(ABC):
     loss_weights: ClassVar[Mapping[str, tuple[str, ...]]]
     #: stage kinds whose module has default weights when a stage sets none
     default_loss_kinds: ClassVar[tuple[str, ...]] = ()
+    #: stage kinds fitted without an optimizer (closed form, or nothing to fit): their stage trains no
+    #: group (``train: []``), the engine runs it with 0 optimizer steps and the module fits it in its
+    #: ``on_fit_start`` hook; evaluation, checkpoint and ``metrics.json`` are as for any stage
+    closed_form_kinds: ClassVar[tuple[str, ...]] = ()
+    #: resolvers its recipes may call as ``${<task name>.<resolver>:args}`` (e.g. a method's reference
+    #: epochs as a function of ``${data.shots}``); the resolved numbers are what config.yaml records
+    recipe_resolvers: ClassVar[Mapping[str, Callable[..., Any]]] = {}
     #: what its models compute at inference beyond ``embed``: "score" (:meth:`score`), "predict" (:meth:`predict`)
     outputs: ClassVar[tuple[str, ...]] = ()
     #: its LightningModule and LightningDataModule classes (checked for the contract at import)
@@ -232,11 +239,18 @@ class StagedModule(L.LightningModule, ABC):
         object.__setattr__(backbone, "compiled", True)
 
     def configure_optimizers(self):
+        """The stage's optimizer and schedule (``schedule.interval``: per epoch, or per step over the
+        stage's total steps); none for a closed-form stage (:attr:`Task.closed_form_kinds`), which
+        trains no parameter."""
         stage = self.stage_cfg
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not trainable and not stage.train:
+            return None
         optimizer = build_optimizer(trainable, stage.optimizer)
-        scheduler = build_scheduler(optimizer, stage.schedule, stage.epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        interval = str(stage.schedule.interval)
+        length = int(self.trainer.estimated_stepping_batches) if interval == "step" else int(stage.epochs)
+        scheduler = build_scheduler(optimizer, stage.schedule, length)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # ------------------------------------------------------------------ helpers
     def gather_by_index(self, values: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:

@@ -49,10 +49,24 @@ def test_classes_differ_in_colour(tmp_path: Path) -> None:
 def test_bad_arguments_and_existing_output(tmp_path: Path) -> None:
     with pytest.raises(FtclipError, match="num_classes=11"):
         write_synthetic_fewshot(tmp_path / "x", num_classes=11)
-    with pytest.raises(FtclipError, match="size must be"):
+    with pytest.raises(FtclipError, match=r"size \(16, 16\) is too small"):
         write_synthetic_fewshot(tmp_path / "x", size=(16, 16))
     write_synthetic_fewshot(tmp_path / "y", **_SMALL)
     with pytest.raises(FtclipError, match="already holds train, test, synthetic.json"):
         write_synthetic_fewshot(tmp_path / "y", **_SMALL)
     write_synthetic_fewshot(tmp_path / "y", **{**_SMALL, "num_classes": 2}, overwrite=True)
     assert len(list((tmp_path / "y" / "train").iterdir())) == 2
+
+
+def test_data_synth_fewshot_command(tmp_path: Path, capsys) -> None:
+    from ftclip.cli import main
+
+    out = tmp_path / "shapes"
+    args = ["data", "synth-fewshot", str(out), "--classes", "3", "--train-per-class", "2", "--test-per-class", "1",
+            "--size", "32", "48"]
+    assert main(args) == 0
+    data = load_classification_data("folder", out)
+    assert (data.num_classes, len(data.train), len(data.test)) == (3, 6, 3)
+    assert read_image(data.test[0][0]).shape == (32, 48, 3)
+    assert main(args) == 2 and "already holds train, test, synthetic.json" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0

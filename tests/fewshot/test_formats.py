@@ -5,29 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from fit_helpers import image, image_tree
 
 from ftclip.errors import ConfigError, DataError
 from ftclip.tasks.fewshot.formats.dassl import DASSL_SETS
 from ftclip.tasks.fewshot.formats import LoadOptions, detect_format, load_classification_data
 from ftclip.tasks.fewshot.templates import COOP_TEMPLATES
-
-
-def _img(path: Path, value: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
-    return path
-
-
-def _tree(root: Path, layout: dict[str, dict[str, int]]) -> Path:
-    """layout: {split folder ('' = root): {class folder: image count}}."""
-    for split, classes in layout.items():
-        for cls, n in classes.items():
-            for i in range(n):
-                _img(root / split / cls / f"{cls}_{i}.png", i)
-    return root
 
 
 def _names(items, data) -> dict[str, list[str]]:
@@ -41,7 +25,7 @@ def _names(items, data) -> dict[str, list[str]]:
 
 
 def test_folder_layout_classes_splits_and_names(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {
+    root = image_tree(tmp_path / "ds", {
         "train": {"red_circle": 3, "blue_square": 2},
         "val": {"red_circle": 1},
         "test": {"red_circle": 2, "blue_square": 1},
@@ -59,7 +43,7 @@ def test_folder_layout_classes_splits_and_names(tmp_path: Path) -> None:
 
 
 def test_folder_single_tree_split_is_seeded_and_stratified(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"": {"cat": 10, "dog": 5, "owl": 2}})
+    root = image_tree(tmp_path / "ds", {"": {"cat": 10, "dog": 5, "owl": 2}})
     opts = LoadOptions(test_fraction=0.3, seed=1)
     a = load_classification_data("folder", root, options=opts)
     b = load_classification_data("folder", root, options=opts)
@@ -73,32 +57,32 @@ def test_folder_single_tree_split_is_seeded_and_stratified(tmp_path: Path) -> No
 
 
 def test_folder_empty_class_folder_is_named(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"cat": 2}, "test": {"cat": 1}})
+    root = image_tree(tmp_path / "ds", {"train": {"cat": 2}, "test": {"cat": 1}})
     (root / "train" / "dog").mkdir()
     with pytest.raises(DataError, match=r"class folder .*train/dog holds no images"):
         load_classification_data("folder", root)
 
 
 def test_folder_test_class_absent_from_train(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"cat": 2}, "test": {"cat": 1, "dog": 1}})
+    root = image_tree(tmp_path / "ds", {"train": {"cat": 2}, "test": {"cat": 1, "dog": 1}})
     with pytest.raises(DataError, match=r"test class folder\(s\) 'dog' have no folder in .*train"):
         load_classification_data("folder", root)
 
 
 def test_folder_duplicate_class_names(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"red_circle": 1, "red circle": 1}, "test": {"red_circle": 1}})
+    root = image_tree(tmp_path / "ds", {"train": {"red_circle": 1, "red circle": 1}, "test": {"red_circle": 1}})
     with pytest.raises(DataError, match=r"classes 'red circle', 'red_circle' all get the class name 'red circle'"):
         load_classification_data("folder", root)
 
 
 def test_folder_train_without_test(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"cat": 2}})
+    root = image_tree(tmp_path / "ds", {"train": {"cat": 2}})
     with pytest.raises(DataError, match="has train/ but no test/"):
         load_classification_data("folder", root)
 
 
 def test_folder_single_tree_needs_two_images_per_class(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"": {"cat": 3, "dog": 1}})
+    root = image_tree(tmp_path / "ds", {"": {"cat": 3, "dog": 1}})
     with pytest.raises(DataError, match=r"class 'dog' has 1 image\(s\)"):
         load_classification_data("folder", root)
     with pytest.raises(ConfigError, match="data.test_fraction"):
@@ -116,7 +100,7 @@ def _csv(path: Path, rows: list[str]) -> Path:
 
 def test_csv_relative_paths_labels_and_splits(tmp_path: Path) -> None:
     for name in ("a", "b", "c", "d"):
-        _img(tmp_path / "ds" / "img" / f"{name}.png")
+        image(tmp_path / "ds" / "img" / f"{name}.png")
     abs_d = tmp_path / "ds" / "img" / "d.png"
     _csv(tmp_path / "ds" / "list.csv", [
         "path,label,split", "img/a.png,golden retriever,train", "img/b.png,tabby cat,TRAIN",
@@ -133,21 +117,21 @@ def test_csv_relative_paths_labels_and_splits(tmp_path: Path) -> None:
 def test_csv_without_split_column_is_split_by_fraction(tmp_path: Path) -> None:
     rows = ["path,label"] + [f"{c}{i}.png,{c}" for c in "xy" for i in range(4)]
     for row in rows[1:]:
-        _img(tmp_path / row.split(",")[0])
+        image(tmp_path / row.split(",")[0])
     data = load_classification_data("csv", _csv(tmp_path / "l.csv", rows), options=LoadOptions(test_fraction=0.5))
     assert len(data.test) == 4 and len(data.train) == 4 and data.val is None
 
 
 def test_csv_unknown_labels_are_named_with_lines(tmp_path: Path) -> None:
     for n in "abc":
-        _img(tmp_path / f"{n}.png")
+        image(tmp_path / f"{n}.png")
     path = _csv(tmp_path / "l.csv", ["path,label,split", "a.png,cat,train", "b.png,cat,test", "c.png,dgo,test"])
     with pytest.raises(DataError, match=r"labels no train row has: 'dgo' \(line 4\)"):
         load_classification_data("csv", path)
 
 
 def test_csv_bad_rows_and_missing_files(tmp_path: Path) -> None:
-    _img(tmp_path / "a.png")
+    image(tmp_path / "a.png")
     bad = _csv(tmp_path / "bad.csv", ["path,label,split", "a.png,cat,train", ",cat,test", "a.png,cat,test", "x.png,cat,dev"])
     with pytest.raises(DataError) as err:
         load_classification_data("csv", bad)
@@ -173,7 +157,7 @@ def _dassl_pets(root: Path, classes: list[str], per_split: dict[str, int]) -> Pa
         for label, name in enumerate(classes):
             for i in range(n):
                 rel = f"{name}_{s}_{i}.jpg"
-                _img(ds / "images" / rel)
+                image(ds / "images" / rel)
                 split[s].append([rel, label, name])
     (ds / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
     return ds
@@ -197,7 +181,7 @@ def test_dassl_fixes_raw_caltech_names(tmp_path: Path) -> None:
     split = {s: [[f"{c}/{s}.jpg", i, c] for i, c in enumerate(["airplanes", "Faces", "accordion"])] for s in ("train", "val", "test")}
     for entries in split.values():
         for rel, _, _ in entries:
-            _img(ds / "101_ObjectCategories" / rel)
+            image(ds / "101_ObjectCategories" / rel)
     (ds / "split_zhou_Caltech101.json").write_text(json.dumps(split))
     data = load_classification_data("dassl", ds)
     assert data.name == "Caltech101" and data.classnames == ("airplane", "face", "accordion")
@@ -210,7 +194,7 @@ def test_dassl_fgvc_and_imagenet_layouts(tmp_path: Path) -> None:
     for s in ("train", "val", "test"):
         lines = []
         for k, v in enumerate(("707-320", "A300B4")):
-            _img(fg / "images" / f"{s}{k}.jpg")
+            image(fg / "images" / f"{s}{k}.jpg")
             lines.append(f"{s}{k} {v}")
         (fg / f"images_variant_{s}.txt").write_text("\n".join(lines) + "\n")
     data = load_classification_data("auto", fg)
@@ -222,7 +206,7 @@ def test_dassl_fgvc_and_imagenet_layouts(tmp_path: Path) -> None:
     (inet / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\n")
     for sub in ("train", "val"):
         for wnid in ("n01443537", "n01440764"):
-            _img(inet / "images" / sub / wnid / f"{wnid}_{sub}.JPEG")
+            image(inet / "images" / sub / wnid / f"{wnid}_{sub}.JPEG")
     data = load_classification_data("auto", inet)
     assert data.name == "ImageNet" and data.class_keys == ("n01440764", "n01443537")
     assert data.classnames == ("tench", "goldfish") and data.val is None  # ImageNet: val folder = test
@@ -251,7 +235,7 @@ def test_every_dassl_set_has_its_coop_template() -> None:
 
 
 def test_classnames_file_txt_and_json(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"n01": 1, "n02": 1}, "test": {"n01": 1, "n02": 1}})
+    root = image_tree(tmp_path / "ds", {"train": {"n01": 1, "n02": 1}, "test": {"n01": 1, "n02": 1}})
     txt = tmp_path / "classnames.txt"
     txt.write_text("# wnid name\nn02 great white shark\nn01 tench\n")
     assert load_classification_data("folder", root, classnames_file=txt).classnames == ("tench", "great white shark")
@@ -262,7 +246,7 @@ def test_classnames_file_txt_and_json(tmp_path: Path) -> None:
 
 
 def test_classnames_file_that_does_not_match(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "ds", {"train": {"n01": 1, "n02": 1}, "test": {"n01": 1}})
+    root = image_tree(tmp_path / "ds", {"train": {"n01": 1, "n02": 1}, "test": {"n01": 1}})
     txt = tmp_path / "classnames.txt"
     txt.write_text("n01 tench\nn03 goldfish\n")
     with pytest.raises(DataError, match=r"does not match .* lacks class\(es\) 'n02'; it names class\(es\) the data set does not have: 'n03'"):

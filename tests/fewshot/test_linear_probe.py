@@ -126,3 +126,7 @@ def test_lp_plus_plus_matches_the_reference_loop() -> None:
     assert torch.allclose(head.weight, w, atol=1e-5) and torch.allclose(head.bias, b, atol=1e-5)
     assert torch.allclose(head.alpha, alpha, atol=1e-4)
     assert not torch.allclose(alpha, torch.full_like(alpha, float(alpha[0]))) or epoch < 9  # alpha moved per class
+    # as one linear head on normalised features (what the module stores and exports): the same logits
+    linear = head.as_linear()
+    ref_logits = xv @ w.T + b + alpha * (xv @ text.T)  # the reference's classifier(f) + alpha (f . t)
+    assert torch.allclose(F.normalize(xv, dim=-1) @ linear.weight.T + linear.bias, ref_logits, atol=1e-4)

@@ -1,14 +1,20 @@
-"""The references' learning-rate schedules against torch's schedulers stepped as the references step them."""
+"""The references' learning-rate schedules, as the bundled recipes spell them with ftclip's schedule table
+(``ftclip/stages.py``), against torch's schedulers stepped as the references step them."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
+from omegaconf import OmegaConf
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
+from ftclip.config import ScheduleConfig
 from ftclip.errors import ConfigError
+from ftclip.recipe import load_recipe
+from ftclip.stages import lr_factor
 from ftclip.tasks.fewshot.methods import CLIP_LORA, COOP, coop_epochs, tip_adapter_defaults
-from ftclip.tasks.fewshot.schedules import cosine_annealing_lr, dassl_cosine_lr, flyp_lr, lr_factor
 
 
 class _ConstantWarmup(LRScheduler):
@@ -35,42 +41,41 @@ def _sgd(lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-@pytest.mark.parametrize("max_epoch", [50, 200])
-def test_coop_schedule_is_dassls(max_epoch: int) -> None:
-    opt = _sgd(COOP.lr)
-    sched = _ConstantWarmup(opt, CosineAnnealingLR(opt, float(max_epoch)), COOP.warmup_epochs, COOP.warmup_lr)
-    for epoch in range(max_epoch):
-        assert opt.param_groups[0]["lr"] == pytest.approx(dassl_cosine_lr(epoch, COOP.lr, max_epoch), rel=1e-9, abs=1e-15)
+@pytest.mark.parametrize("shots", [1, 16])
+def test_coop_recipe_schedule_is_dassls(shots: int) -> None:
+    stage = load_recipe("fewshot_coop", ["data.root=/d", f"data.shots={shots}"]).stages.coop
+    epochs, base = int(stage.epochs), float(stage.optimizer.lr)
+    opt = _sgd(base)
+    sched = _ConstantWarmup(opt, CosineAnnealingLR(opt, float(epochs)), COOP.warmup_epochs, COOP.warmup_lr)
+    for epoch in range(epochs):
+        assert base * lr_factor(stage.schedule, base, epochs, epoch) == pytest.approx(opt.param_groups[0]["lr"],
+                                                                                       rel=1e-9, abs=1e-15)
         opt.step()
         sched.step()  # CoOp: update_lr() after the last batch of every epoch
-    assert dassl_cosine_lr(0, COOP.lr, max_epoch) == COOP.warmup_lr and dassl_cosine_lr(1, COOP.lr, max_epoch) == COOP.lr
-    assert dassl_cosine_lr(max_epoch - 1, COOP.lr, max_epoch) > 0  # the cosine is cut one epoch short of 0
+    assert base * lr_factor(stage.schedule, base, epochs, epochs - 1) > 0  # cut one epoch short of 0
 
 
-def test_per_iteration_cosine_is_torchs() -> None:
-    total = CLIP_LORA.iterations(1)
-    opt = _sgd(CLIP_LORA.lr)
+def test_clip_lora_recipe_schedule_is_torchs_cosine_annealing_per_iteration() -> None:
+    stage = load_recipe("fewshot_clip_lora", ["data.root=/d", "data.shots=1"]).stages.clip_lora
+    total, base = int(stage.max_steps), float(stage.optimizer.lr)
+    assert stage.schedule.interval == "step" and total == 500
+    opt = _sgd(base)
     sched = CosineAnnealingLR(opt, total, eta_min=CLIP_LORA.min_lr)
-    mine = LambdaLR(_sgd(CLIP_LORA.lr), lr_factor(cosine_annealing_lr, CLIP_LORA.lr, total_steps=total, eta_min=CLIP_LORA.min_lr))
     for step in range(total):
-        assert opt.param_groups[0]["lr"] == pytest.approx(cosine_annealing_lr(step, CLIP_LORA.lr, total, CLIP_LORA.min_lr), rel=1e-6)
-        assert mine.get_last_lr()[0] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+        assert base * lr_factor(stage.schedule, base, total, step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
         opt.step()
         sched.step()
-        mine.optimizer.step()
-        mine.step()
 
 
-def test_flyp_schedule_is_its_cosine_lr() -> None:
-    base, warm, total = 1e-5, 500, 2000
-    for step in (0, 1, 499, 500, 1000, 1999):
-        if step < warm:
-            ref = base * (step + 1) / warm
-        else:
-            ref = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (step - warm) / (total - warm), dtype=torch.float64))) * base
-        assert flyp_lr(step, base, total, warm) == pytest.approx(float(ref), rel=1e-12)
+def test_warmup_cosine_is_flyps_cosine_lr() -> None:
+    cfg = OmegaConf.structured(ScheduleConfig(name="warmup_cosine", interval="step", warmup_epochs=500, min_lr=0.0,
+                                              first_epoch=0))
+    base, total = 1e-5, 2000
+    for step in (0, 1, 499, 500, 1000, 1999):  # FLYP src/models/utils.py cosine_lr
+        ref = base * (step + 1) / 500 if step < 500 else 0.5 * (1 + math.cos(math.pi * (step - 500) / 1500)) * base
+        assert base * lr_factor(cfg, base, total, step) == pytest.approx(ref, rel=1e-12)
     with pytest.raises(ConfigError, match="more steps"):
-        flyp_lr(0, base, 100, 500)
+        lr_factor(cfg, base, 100, 0)
 
 
 def test_epochs_by_shots_and_tip_adapter_configs() -> None:

@@ -166,6 +166,10 @@ class LPPlusPlus:
         f = F.normalize(features.to(self.weight.dtype), dim=-1)
         return f @ self.weight.T + self.bias + self.alpha * (f @ self.text_weights.T)
 
+    def as_linear(self) -> LinearHead:
+        """The same logits as one linear head on normalised features: ``f (W + alpha T)^T + b``."""
+        return LinearHead(self.weight + self.alpha.unsqueeze(1) * self.text_weights, self.bias)
+
 
 def fit_lp_plus_plus(
     features: Tensor,

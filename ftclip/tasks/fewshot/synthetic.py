@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ftclip.errors import FtclipError
+from ftclip.data.synthetic import check_count, check_size, downsample, grid, prepare_output, to_uint8
 from ftclip.io import atomic_write, atomic_write_text
 
 __all__ = ["FEWSHOT_CLASSES", "write_synthetic_fewshot"]
@@ -96,7 +95,7 @@ def _mask(polygons: list[list[tuple[float, float]]], h: int, w: int) -> np.ndarr
 
 def _pattern(kind: str, h: int, w: int, r: float, rng: np.random.Generator) -> np.ndarray:
     """Where the pattern shows its base colour (True) rather than white, on an h x w grid."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    yy, xx = grid(h, w)
     if kind == "solid":
         return np.ones((h, w), bool)
     angle = rng.uniform(0, math.pi)
@@ -132,9 +131,8 @@ def _draw(cls: _Class, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     on = _pattern(cls.pattern, H, W, r, rng)
     fill = np.where(on[..., None], colour, np.float32(0.95))
     img[mask] = fill[mask]
-    small = img.reshape(h, _SS, w, _SS, 3).mean(axis=(1, 3))
-    small = small + rng.normal(0.0, 0.03, small.shape)
-    return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
+    small = downsample(img, _SS)
+    return to_uint8(small + rng.normal(0.0, 0.03, small.shape))
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -143,17 +141,11 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _count(name: str, value: int, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise FtclipError(f"{name}={value!r} must be an integer in {low}..{high if high is not None else 'more'}")
-    return value
-
-
 def write_synthetic_fewshot(
     out_dir: str | Path,
     *,
     num_classes: int = 8,
-    train_per_class: int = 16,
+    train_per_class: int = 20,
     test_per_class: int = 16,
     size: tuple[int, int] = (64, 64),
     seed: int = 0,
@@ -161,23 +153,14 @@ def write_synthetic_fewshot(
 ) -> Path:
     """Write the set (module docstring) with the first ``num_classes`` of :data:`FEWSHOT_CLASSES`
     (2..10); ``size`` is (height, width), at least 32 x 32. Returns ``out_dir``."""
-    num_classes = _count("num_classes", num_classes, 2, len(FEWSHOT_CLASSES))
+    num_classes = check_count("num_classes", num_classes, 2, len(FEWSHOT_CLASSES))
     counts = {
-        "train": _count("train_per_class", train_per_class, 1),
-        "test": _count("test_per_class", test_per_class, 1),
+        "train": check_count("train_per_class", train_per_class, 1),
+        "test": check_count("test_per_class", test_per_class, 1),
     }
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 32 for s in size):
-        raise FtclipError(f"size must be (height, width) in pixels, each at least 32, got {size!r}")
-    _count("seed", seed, 0)
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise FtclipError(f"output {out} exists and is not a folder: choose another output folder")
-    present = [n for n in (*_SPLITS, "synthetic.json") if (out / n).exists()]
-    if present and not overwrite:
-        raise FtclipError(f"{out} already holds {', '.join(present)}: choose an empty folder or pass overwrite")
-    for name in present:
-        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-    h, w = size
+    h, w = check_size(size, (32, 32))
+    check_count("seed", seed, 0)
+    out = prepare_output(out_dir, (*_SPLITS, "synthetic.json"), overwrite)
     classes = FEWSHOT_CLASSES[:num_classes]
     for split, stream in _SPLITS.items():
         for c, cls in enumerate(classes):

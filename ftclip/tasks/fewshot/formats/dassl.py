@@ -28,7 +28,7 @@ from ftclip.tasks.fewshot.dataset import ClassificationData, Item, build_data, c
 from ftclip.tasks.fewshot.formats.base import FewshotFormat, LoadOptions
 from ftclip.tasks.fewshot.templates import COOP_TEMPLATES
 
-__all__ = ["DasslSet", "DASSL_SETS", "Dassl"]
+__all__ = ["DasslSet", "DASSL_SETS", "Dassl", "dassl_name"]
 
 _SPLITS = ("train", "val", "test")
 
@@ -93,6 +93,14 @@ def _lookup(name: str) -> DasslSet:
     raise ConfigError(
         f"data.dataset {name!r} is not a Dassl data set; use one of {', '.join(d.name for d in DASSL_SETS)}"
     )
+
+
+def dassl_name(name: str | None) -> str | None:
+    """The Dassl name (``EuroSAT``) of a data set named by it or by its CoOp folder (``eurosat``); other names as given."""
+    if name is None:
+        return None
+    wanted = str(name).strip().lower()
+    return next((ds.name for ds in DASSL_SETS if wanted in (ds.name.lower(), ds.folder.lower())), str(name))
 
 
 def _resolve(root: Path, dataset: str | None) -> tuple[DasslSet, Path]:
