@@ -104,3 +104,20 @@ def test_mlp_on_resnet_and_attention_outside_fastvits_last_stage_are_clear_error
     b = build("ftclip-tiny-mobileclip")  # the text tower (model.text) of a CustomTextCLIP
     summary = apply_lora(b, OmegaConf.structured(LoraConfig(enabled=True, encoders=["text"], blocks=1)))
     assert summary.targets[0] == "text.transformer.resblocks.1.attn.q_proj"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("ftclip-tiny-rn", ["visual.attnpool.q_proj", "visual.attnpool.k_proj", "visual.attnpool.v_proj"]),
+    ("ftclip-tiny-mobileclip", ["visual.trunk.stages.3.blocks.0.token_mixer.qkv"]),
+    ("ftclip-test-sigmoid", ["visual.trunk.blocks.0.attn.qkv", "visual.trunk.blocks.1.attn.qkv"]),
+])
+def test_qkv_targets_leave_the_output_projection_unadapted_on_every_tower(name, expected):
+    b = build(name)
+    summary = apply_lora(b, OmegaConf.structured(LoraConfig(enabled=True, targets=["qkv"])))
+    assert set(expected) <= set(summary.targets)
+    assert not [t for t in summary.targets if t.endswith(("c_proj", ".proj", "out_proj", "fc1", "fc2"))]
+    x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = b.encode_image(x)
+        randomize_b(b.model)
+        assert (b.encode_image(x) - ref).abs().max() > 1e-4  # the q/k/v adapters run
