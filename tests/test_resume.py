@@ -76,6 +76,25 @@ def test_pending_skip_is_dropped_when_lightning_moves_to_another_epoch():
     assert list(loader.batch_sampler) == list(ref)
 
 
+def test_lightning_sets_each_epoch_of_the_sampler_through_the_resumable_loader():
+    """Lightning calls set_epoch on ``loader.sampler`` and ``loader.batch_sampler.sampler`` only: the wrapped
+    sampler must be reachable there, or every epoch of an uninterrupted run repeats epoch 0's order (while a
+    resume sets the right epoch, so a resume after epoch 0 was not bit-identical)."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    pids = [i // 4 for i in range(32)]
+    loader = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3)),
+                                 progress=lambda: (0, 0, False))
+    epochs = []
+    for epoch in range(3):
+        _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop does at each epoch start
+        epochs.append(list(loader.batch_sampler))
+        ref = PKBatchSampler(pids, 8, 2, seed=3)
+        ref.set_epoch(epoch)
+        assert epochs[-1] == list(ref), epoch
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
 def test_loader_state_with_other_batch_count_is_refused():
     pids = [i // 4 for i in range(32)]
     loader = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2)),

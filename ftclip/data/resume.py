@@ -35,6 +35,13 @@ class SkippingBatchSampler(Sampler):
     def epoch(self) -> int:
         return int(getattr(self.inner, "epoch", getattr(getattr(self.inner, "sampler", None), "epoch", 0)))
 
+    @property
+    def sampler(self) -> "SkippingBatchSampler":
+        """Where Lightning's ``_set_sampler_epoch`` looks (``loader.sampler`` and ``loader.batch_sampler.sampler``,
+        never ``loader.batch_sampler`` itself): without it the sampler stayed at epoch 0 in every epoch of an
+        uninterrupted run (same order, same augmentation seeds), while a resume set the right epoch."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
