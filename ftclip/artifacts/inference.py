@@ -17,8 +17,10 @@ Every inference command (``ftclip embed``, ``ftclip score``, ...) goes through h
 the projection (ViTs); ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
 L2-normalised (``normalize=False`` for raw features).
 
-A run directory is loaded through :func:`ftclip.runs.load_module_from_run` (its last completed
-stage; LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
+A run directory is loaded through :func:`ftclip.runs.load_module_from_run`: a finished run's final
+weights, or those of the finished stage named by ``stage=`` (``--stage``); an unfinished run is
+refused by :func:`ftclip.runs.select_checkpoint`, the one rule every command reading a run follows
+(LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
 open_clip (``create_model('local-dir:<export>')``), as a user without ftclip would. Both go through
 :class:`ImageEncoder`, and the task's own heads (``Task.score``, ``Task.predict``) read the same
 tensors an export stores, so a run and its export give the same results (the export is verified
@@ -49,7 +51,7 @@ from ftclip.artifacts.manifest import read_manifest, verify_export
 from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
-from ftclip.runs import RunDir, load_module_from_run, note_once
+from ftclip.runs import RunDir, load_module_from_run, note_once, select_checkpoint
 from ftclip.tasks import get_task
 
 
@@ -220,10 +222,20 @@ def load_open_clip_export(path: str | Path, device: str | torch.device = "cpu") 
     return model.eval()
 
 
-def load_for_inference(path: str | Path, device: str | torch.device | None = "auto") -> InferenceModel:
-    """A run directory (its final checkpoint) or an export folder -> :class:`InferenceModel`."""
+def load_for_inference(path: str | Path, device: str | torch.device | None = "auto",
+                       stage: str | None = None) -> InferenceModel:
+    """A run directory or an export folder -> :class:`InferenceModel`.
+
+    A run must be finished, or ``stage`` names one of its finished stages (:func:`ftclip.runs.select_checkpoint`);
+    an export is what it is (``stage`` is refused there).
+    """
     path = Path(path)
     kind = path_kind(path)
+    if kind == "export" and stage is not None:
+        raise FtclipError(f"--stage {stage} applies to run directories; {path} is an export (of stage "
+                          f"'{_export_stage(path)}'): give the run directory to choose a stage")
+    if kind == "run":
+        select_checkpoint(RunDir(path), stage)  # refuses an unfinished run before any model is built
     dev = _pick_device(device)
     if kind == "export":
         meta = read_manifest(path)
@@ -237,13 +249,22 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    module, cfg = load_module_from_run(RunDir(path))
+    chosen, _ = select_checkpoint(RunDir(path), stage)
+    module, cfg = load_module_from_run(RunDir(path), chosen)
     module = module.to(dev).eval()
     meta = dict(module.backbone.metadata())
     meta["task"] = str(cfg.task)
+    meta["stage"] = chosen
     meta.update(module.export_info())
     return InferenceModel(model=module.backbone.model, meta=meta, device=dev, source="run", path=path,
                           module=module)
+
+
+def _export_stage(path: Path) -> str:
+    try:
+        return str(json.loads((path / EXPORT_META).read_text(encoding="utf-8")).get("stage", "the last stage"))
+    except (OSError, ValueError):
+        return "the last stage"
 
 
 # ---------------------------------------------------------------------------------------- inputs

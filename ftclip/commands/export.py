@@ -15,6 +15,8 @@ def register(sub) -> None:
                    help="open_clip (always written) and/or onnx (default: open_clip)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--stage", metavar="STAGE",
+                   help="use the final weights of this finished stage of the run (default: the finished run's last stage; an unfinished run is refused)")
     p.set_defaults(func=run)
 
 
@@ -26,13 +28,14 @@ def run(args) -> int:
     from ftclip.artifacts.layout import EXPORT_META
 
     check_formats(args.formats)
-    out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite)
+    out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite,
+                     stage=args.stage)
     meta = json.loads((out / EXPORT_META).read_text(encoding="utf-8"))
     ver = meta["verification"]
     print(f"verified: reloaded with plain open_clip, encode_image max abs diff {ver['encode_image_max_abs_diff']:.3g}"
           + "".join(f"; {name} (onnxruntime) max abs diff {max(entry['max_abs_diff'].values()):.3g}"
                     for name, entry in ver.get("onnx", {}).items()))
-    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}) to {out}")
+    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}, stage {meta['stage']}) to {out}")
     print(f"load it:  import open_clip; model, _, preprocess = "
           f"open_clip.create_model_and_transforms('local-dir:{out.resolve()}')")
     return 0
