@@ -125,6 +125,8 @@ class ApplyStageSettings(Callback):
         stage_cfg = pl_module.stage_cfg
         changes: list[str] = []
         for optimizer, config in zip(trainer.optimizers, trainer.lr_scheduler_configs):
+            if not isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue  # not the schedule StagedModule.configure_optimizers builds: left as restored
             changes += retune(optimizer, config.scheduler, stage_cfg.optimizer, stage_cfg.schedule, int(stage_cfg.epochs))
         if changes and trainer.is_global_zero:
             print(f"stage '{self.stage}': the config replaces the restored optimizer settings: {'; '.join(changes)}",

@@ -6,6 +6,7 @@ Also: the resumable loader's bookkeeping, leftover temp checkpoints are ignored,
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,7 +176,8 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "stage 2 never wrote a checkpoint"
-    assert "image" not in RunDir(run_dir).completed_stages()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "image" not in state["completed"] and state["stages"]["image"]["status"] == "running"  # killed: no word
     killed_state = _state(ckpt)
     ref = _state(ref_dir / "checkpoints" / "image" / "last.ckpt")
     loader_state = killed_state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
@@ -187,8 +189,12 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     # a truncated temp file from a write the kill interrupted is never trusted
     (ckpt.parent / ".last.ckpt.crash.tmp").write_bytes(b"PK\x03\x04 half written")
 
+    assert (run_dir / ".lock").is_file()  # the killed process could not remove its lock file
     assert main(["fit", "--resume", str(run_dir)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f"note: {run_dir / '.lock'} was left by ftclip fit (pid {proc.pid} " in captured.err  # stale: taken over
+    assert not (run_dir / ".lock").exists()
     assert "stage 'prompts'" not in out, "a finished stage must not run again"
     assert f"resuming stage 'image' from {ckpt}" in out
     assert prompts_ckpt.stat().st_mtime_ns == prompts_mtime
@@ -200,7 +206,6 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
         assert torch.equal(value, got["state_dict"][key]), key
     ref_m = (ref_dir / "metrics.json").read_text()
     got_m = (run_dir / "metrics.json").read_text()
-    import json
 
     strip = lambda m: {s: {k: v for k, v in d.items() if k != "train_seconds"} for s, d in json.loads(m).items()}  # noqa: E731
     assert strip(ref_m) == strip(got_m)

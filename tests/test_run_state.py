@@ -182,6 +182,13 @@ def test_resume_overrides_accept_optimizer_and_schedule_keys_of_unfinished_stage
         assert reason in str(info.value), item
 
 
+def test_the_resumable_optimizer_keys_are_keys_of_the_schema():
+    from ftclip.config import OptimizerConfig
+    from ftclip.runs import RESUMABLE_OPTIMIZER_KEYS
+
+    assert set(RESUMABLE_OPTIMIZER_KEYS) <= set(OptimizerConfig.__dataclass_fields__)
+
+
 def test_resume_with_a_recipe_is_refused(tmp_path, capsys):
     run, _ = _run(tmp_path)
     assert main(["fit", "--resume", str(run.path), RECIPE]) == 2
