@@ -251,7 +251,8 @@ def test_a_lower_lr_on_resume_replaces_the_restored_optimizer_settings_mid_stage
     assert logged and min(logged) > epoch - 1
     for e, (base, bias) in logged.items():  # the new lr, at the schedule's position (bias group: x bias_lr_factor)
         assert base == 1e-4 * lr_factor(schedule, 1e-4, epochs, e), e
-        assert bias == 1e-4 * cfg.stages.image.optimizer.bias_lr_factor * lr_factor(schedule, 1e-4, epochs, e), e
+        bias_base = 1e-4 * cfg.stages.image.optimizer.bias_lr_factor
+        assert bias == bias_base * lr_factor(schedule, bias_base, epochs, e), e
     final = _ckpt(copy / "checkpoints" / "image" / "last.ckpt")
     assert final["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1e-4
     steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}

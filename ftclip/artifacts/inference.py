@@ -262,8 +262,8 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
 
 def _export_stage(path: Path) -> str:
     try:
-        return str(json.loads((path / EXPORT_META).read_text(encoding="utf-8")).get("stage", "the last stage"))
-    except (OSError, ValueError):
+        return str(read_manifest(path).get("stage", "the last stage"))
+    except FtclipError:
         return "the last stage"
 
 
