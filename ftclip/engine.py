@@ -115,7 +115,8 @@ class ApplyStageSettings(Callback):
     Lightning restores the checkpoint's optimizer hyper-parameters and scheduler ``base_lrs`` over
     what ``configure_optimizers`` built from the config, so a lower lr given on ``--resume`` (or
     edited in config.yaml) would be ignored. :func:`ftclip.stages.retune` puts them back at the
-    stage's position; with an unchanged config it changes no value (the resume stays bit-identical).
+    stage's position (the schedule's factors are the freshly built ones); with an unchanged config
+    it changes no value (the resume stays bit-identical).
     """
 
     def __init__(self, stage: str):
@@ -127,7 +128,7 @@ class ApplyStageSettings(Callback):
         for optimizer, config in zip(trainer.optimizers, trainer.lr_scheduler_configs):
             if not isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 continue  # not the schedule StagedModule.configure_optimizers builds: left as restored
-            changes += retune(optimizer, config.scheduler, stage_cfg.optimizer, stage_cfg.schedule, int(stage_cfg.epochs))
+            changes += retune(optimizer, config.scheduler, stage_cfg.optimizer)
         if changes and trainer.is_global_zero:
             print(f"stage '{self.stage}': the config replaces the restored optimizer settings: {'; '.join(changes)}",
                   flush=True)

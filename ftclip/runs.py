@@ -53,8 +53,9 @@ from ftclip.recipe import load_saved_config, parse_overrides, to_yaml, validate
 from ftclip.tasks import get_task
 
 #: what ``ftclip fit --resume RUN key=value`` may change (in stages not finished yet)
-RESUMABLE_OPTIMIZER_KEYS = ("lr", "weight_decay", "bias_lr_factor", "momentum")
-RESUMABLE_SCHEDULE_KEYS = tuple(ScheduleConfig.__dataclass_fields__)
+RESUMABLE_OPTIMIZER_KEYS = ("lr", "weight_decay", "bias_lr_factor", "momentum", "eps")
+#: every schedule key but ``interval``: the restored scheduler counts epochs or steps as the stage began
+RESUMABLE_SCHEDULE_KEYS = tuple(k for k in ScheduleConfig.__dataclass_fields__ if k != "interval")
 
 
 def _now() -> str:
@@ -408,7 +409,7 @@ def resume_config(run: RunDir, cfg, overrides: list[str]):
 
 def _check_resume_key(run: RunDir, cfg, key: str, completed: set) -> None:
     allowed = (f"stages.<stage>.optimizer.{{{','.join(RESUMABLE_OPTIMIZER_KEYS)}}} and "
-               f"stages.<stage>.schedule.<key> of stages not finished yet")
+               f"stages.<stage>.schedule.<key> (but interval) of stages not finished yet")
     parts = key.split(".")
     if len(parts) != 4 or parts[0] != "stages" or parts[2] not in ("optimizer", "schedule"):
         raise ConfigError(
@@ -426,6 +427,9 @@ def _check_resume_key(run: RunDir, cfg, key: str, completed: set) -> None:
         why = ("the restored optimizer state belongs to the optimizer the stage started with"
                if name in ("name", "fused") else "it is not an optimizer setting")
         raise ConfigError(f"--resume cannot change '{key}': {why}. It accepts {allowed}")
+    if section == "schedule" and name == "interval":
+        raise ConfigError(f"--resume cannot change '{key}': the restored schedule counts "
+                          f"{cfg.stages[stage].schedule.interval}s since the stage began. It accepts {allowed}")
     if section == "schedule" and name not in RESUMABLE_SCHEDULE_KEYS:
         raise ConfigError(f"--resume override '{key}': '{name}' is not a schedule key "
                           f"(one of {', '.join(RESUMABLE_SCHEDULE_KEYS)})")

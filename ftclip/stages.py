@@ -247,18 +247,14 @@ def lr_factor(cfg, base_lr: float, epochs: int, epoch: int) -> float:
     return SCHEDULES[cfg.name](cfg, base_lr, epochs, epoch + int(cfg.first_epoch))
 
 
-def _schedule_factors(cfg, bases: list[float], epochs: int) -> list:
-    """One epoch -> factor function per parameter group, on that group's own base lr."""
-    return [lambda epoch, base=float(base): lr_factor(cfg, base, epochs, epoch) for base in bases]
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
     """A per-epoch ``LambdaLR``, one factor per parameter group on that group's own base lr
     (so a cosine warm-up starts every group at ``warmup_lr`` and ends it at ``min_lr``, as the
     reference does per group). Lightning steps it at each epoch end: epoch ``e`` runs at
     ``lr_factor(.., e)``."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule_factors(cfg, [group["lr"] for group in optimizer.param_groups], epochs))
+    lambdas = [lambda epoch, base=float(group["lr"]): lr_factor(cfg, base, epochs, epoch)
+               for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def group_base_lr(group: dict, index: int, cfg) -> float:
@@ -267,16 +263,18 @@ def group_base_lr(group: dict, index: int, cfg) -> float:
     return cfg.lr * cfg.bias_lr_factor if role == "bias" else cfg.lr
 
 
-def retune(optimizer: torch.optim.Optimizer, scheduler, opt_cfg, sched_cfg, epochs: int) -> list[str]:
-    """Put a stage's optimizer and schedule settings onto a *restored* optimizer and LambdaLR scheduler.
+def retune(optimizer: torch.optim.Optimizer, scheduler, opt_cfg) -> list[str]:
+    """Put a stage's optimizer settings back onto a *restored* optimizer and LambdaLR scheduler.
 
-    Lightning restores a checkpoint's param-group hyper-parameters (``lr``, ``initial_lr``,
-    ``weight_decay``, ...) and the scheduler's ``base_lrs`` over the ones ``configure_optimizers``
-    built, so a changed ``lr`` would be ignored. This sets them from the config again and rebuilds
-    the schedule at the scheduler's position (``last_epoch``): each group's lr becomes
-    ``base_lr * factor(last_epoch)``, the expression LambdaLR itself evaluates, so with an unchanged
-    config every value is bit-identical to the restored one. The optimizer's moment estimates (its
-    ``state``) are kept. Returns one ``key old -> new`` entry per changed setting.
+    ``configure_optimizers`` builds both from the config; Lightning then restores the checkpoint's
+    param-group hyper-parameters (``lr``, ``initial_lr``, ``weight_decay``, ...) and the scheduler's
+    ``base_lrs`` over them, so a changed lr would be ignored. The schedule's factors stay the ones
+    just built from the config (LambdaLR saves no plain function, so they are never restored);
+    this sets the base lrs and hyper-parameters from the config again and each group's lr to
+    ``base_lr * factor(last_epoch)`` -- the expression LambdaLR itself evaluates -- at the
+    scheduler's position. With an unchanged config every value is bit-identical to the restored
+    one. The optimizer's moment estimates (its ``state``) are kept. Returns one ``key old -> new``
+    entry per changed value.
     """
     if opt_cfg.name not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name '{opt_cfg.name}' is not one of {', '.join(OPTIMIZERS)}")
@@ -288,19 +286,15 @@ def retune(optimizer: torch.optim.Optimizer, scheduler, opt_cfg, sched_cfg, epoc
             changes.append(f"{label} {old:g} -> {value:g}")
         group[key] = value
 
-    bases = []
-    for index, group in enumerate(optimizer.param_groups):
-        base = group_base_lr(group, index, opt_cfg)
-        name = f"group {index} " if len(optimizer.param_groups) > 1 else ""
+    groups = optimizer.param_groups
+    bases = [group_base_lr(group, index, opt_cfg) for index, group in enumerate(groups)]
+    for index, (group, base, factor) in enumerate(zip(groups, bases, scheduler.lr_lambdas)):
+        name = f"group {index} " if len(groups) > 1 else ""
         put(group, "initial_lr", base, f"{name}base lr")
-        put(group, "weight_decay", opt_cfg.weight_decay, f"{name}weight_decay")
-        if "momentum" in group:
-            put(group, "momentum", opt_cfg.momentum, f"{name}momentum")
-        bases.append(base)
-    scheduler.lr_lambdas = _schedule_factors(sched_cfg, bases, epochs)  # as build_scheduler
-    scheduler.base_lrs = bases
-    for index, (group, base, factor) in enumerate(zip(optimizer.param_groups, bases, scheduler.lr_lambdas)):
-        name = f"group {index} " if len(bases) > 1 else ""
         put(group, "lr", base * factor(scheduler.last_epoch), f"{name}lr at epoch {scheduler.last_epoch}")
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        for key in ("weight_decay", "momentum", "eps"):
+            if key in group:
+                put(group, key, getattr(opt_cfg, key), f"{name}{key}")
+    scheduler.base_lrs = bases
+    scheduler._last_lr = [group["lr"] for group in groups]
     return changes

@@ -111,7 +111,8 @@ def test_unfinished_run_is_refused_naming_what_is_done_and_a_finished_stage_can_
     with pytest.raises(FtclipError, match="has no stage 'nope'; its stages: prompts, image"):
         select_checkpoint(run, "nope")
 
-    for argv in (["export", str(run.path)], ["embed", str(run.path), str(tmp_path), "--out", str(tmp_path / "f.npy")]):
+    for argv in (["export", str(run.path)], ["embed", str(run.path), str(tmp_path), "--out", str(tmp_path / "f.npy")],
+                 ["score", str(run.path), str(tmp_path)], ["predict", str(run.path), str(tmp_path)]):
         capsys.readouterr()
         (tmp_path / "x.png").write_bytes(b"")
         assert main(argv) == 2
@@ -174,6 +175,7 @@ def test_resume_overrides_accept_optimizer_and_schedule_keys_of_unfinished_stage
         "stages.prompts.optimizer.lr=1e-5": "stage 'prompts' is finished",
         "stages.nope.optimizer.lr=1e-5": "has no stage 'nope'",
         "stages.image.schedule.speed=2": "'speed' is not a schedule key",
+        "stages.image.schedule.interval=step": "the restored schedule counts epochs since the stage began",
         "stages.image.optimizer.lr=-1": "stages.image.optimizer.lr=-1.0 is not allowed",
     }
     for item, reason in refused.items():
@@ -226,13 +228,13 @@ def test_retune_puts_the_config_on_a_restored_optimizer_at_the_schedule_position
 
     o, s = restored(old_opt)
     before = [dict((k, v) for k, v in g.items() if k != "params") for g in o.param_groups]
-    assert retune(o, s, old_opt, sched, 5) == []  # the same config changes no value: resume stays bit-identical
+    assert retune(o, s, old_opt) == []  # the same config changes no value: resume stays bit-identical
     assert [dict((k, v) for k, v in g.items() if k != "params") for g in o.param_groups] == before
 
     new_opt = OmegaConf.structured(OptimizerConfig(lr=1e-5, bias_lr_factor=2.0, weight_decay=0.0))
     o, s = restored(new_opt)
     assert o.param_groups[0]["lr"] == 1e-3 * lr_factor(sched, 1e-3, 5, 4)  # the restored lr wins
-    changes = retune(o, s, new_opt, sched, 5)
+    changes = retune(o, s, new_opt)
     assert any(c.startswith("group 0 base lr 0.001 -> 1e-05") for c in changes)
     assert s.last_epoch == 4
     assert o.param_groups[0]["lr"] == 1e-5 * lr_factor(sched, 1e-5, 5, 4)
