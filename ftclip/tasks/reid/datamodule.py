@@ -104,7 +104,8 @@ class ReidDataModule(StagedDataModule):
                 dataset = ReidDataset(dataset.name, dataset.root,
                                       [s for s in dataset.train if s.path not in skip],
                                       [s for s in dataset.query if s.path not in skip],
-                                      [s for s in dataset.gallery if s.path not in skip], dataset.vehicle)
+                                      [s for s in dataset.gallery if s.path not in skip], dataset.vehicle,
+                                      dataset.train_pids)
         self.dataset = dataset
         self._check_pk_batches(dataset)
         return dataset
@@ -182,5 +183,8 @@ class ReidDataModule(StagedDataModule):
 
     def check_splits(self) -> dict[str, list[tuple[str, dict]]]:
         ds = self.load()
-        return {name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
-                for name in ("train", "query", "gallery")}
+        # the data set's own identities (training labels are relabelled 0..n-1 for the classifier)
+        splits = {"train": [(s.path, {"id": ds.identity(s.pid), "camera": s.camid}) for s in ds.train]}
+        splits.update({name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
+                       for name in ("query", "gallery")})
+        return splits
