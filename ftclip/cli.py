@@ -16,6 +16,7 @@ from ftclip.errors import FtclipError
 
 COMMANDS = [
     "ftclip.commands.fit",
+    "ftclip.commands.eval",
     "ftclip.commands.data",
     "ftclip.commands.recipes",
     "ftclip.commands.score",

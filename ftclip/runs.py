@@ -8,9 +8,11 @@ module, which never imports the training engine.
       state.json                   completed stages, in order; "hashes": {checkpoint path: SHA-256}
       metrics.json                 {"initial": {...}, "<stage>": {...}} final metrics per stage
       checkpoints/<stage>/last.ckpt  written atomically every N steps / each epoch / at stage end
-      logs/<stage>/metrics.csv     per-step and per-epoch logs (Lightning CSVLogger)
-      plots/                       loss curves per stage, task plots (e.g. IQA scatter)
+      checkpoints/<stage>/best.ckpt  with stages.<stage>.monitor: the best evaluation so far (atomically)
+      logs/<stage>/metrics.csv     the stage's history, exactly once across resumes (ftclip/logs.py)
+      plots/                       loss, lr and validation curves, task plots (re-ID rank list, IQA scatter)
       export/                      adapted encoders (ftclip export)
+      report.html                  the run on one self-contained page (ftclip/artifacts/report.py)
 """
 
 from __future__ import annotations
@@ -213,6 +215,10 @@ class RunDir:
         metrics[key] = values
         atomic_write_json(self.metrics_path, metrics)
 
+    def best_checkpoint(self, stage: str) -> Path | None:
+        path = self.checkpoint_dir(stage) / "best.ckpt"
+        return path if path.is_file() else None
+
     def final_checkpoint(self) -> Path | None:
         """The last checkpoint of the last completed stage (what export and scoring use)."""
         for stage in reversed(self.completed_stages()):
@@ -220,6 +226,39 @@ class RunDir:
             if ckpt:
                 return ckpt
         return None
+
+
+# ---------------------------------------------------------------------- which checkpoint a command uses
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+def select_checkpoint(run: RunDir, stage: str | None = None, which: str = "last") -> tuple[str, Path]:
+    """The checkpoint export, inference and ``ftclip eval`` read: ``(stage, path)``.
+
+    ``stage`` None: the last completed stage; ``which``: ``last`` (its final weights) or ``best``
+    (``checkpoints/<stage>/best.ckpt``, kept with ``stages.<stage>.monitor``). Every command that
+    loads a run chooses its checkpoint here, so one rule holds for all of them.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise FtclipError(f"--checkpoint {which!r} is not one of {', '.join(CHECKPOINT_CHOICES)}")
+    completed = run.completed_stages()
+    if stage is None:
+        if not completed:
+            raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit), "
+                              f"or finish it with `ftclip fit --resume {run.path}`")
+        stage = completed[-1]
+    else:
+        stages = list(run.load_config().stages)
+        if stage not in stages:
+            raise FtclipError(f"--stage {stage!r} is not a stage of run {run.path}; its stages: {', '.join(stages)}")
+    path = run.checkpoint_dir(stage) / f"{which}.ckpt"
+    if not path.is_file():
+        if which == "best":
+            raise FtclipError(f"stage '{stage}' of run {run.path} kept no best checkpoint ({path} does not exist): "
+                              f"it is kept when the recipe sets stages.{stage}.monitor; use --checkpoint last")
+        raise FtclipError(f"stage '{stage}' of run {run.path} has no checkpoint ({path} does not exist); "
+                          f"train it first (`ftclip fit --resume {run.path}`)")
+    return stage, path
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -326,17 +365,18 @@ def load_weights(module, ckpt: Path, run: "RunDir | None" = None) -> None:
     apply_checkpoint(module, read_checkpoint(ckpt, run))
 
 
-def load_module_from_run(run: RunDir):
-    """The trained module of a run (final weights of its last completed stage) and its config.
+def load_module_from_run(run: RunDir, stage: str | None = None, checkpoint: str = "last", cfg=None):
+    """The trained module of a run and its config: the checkpoint :func:`select_checkpoint` picks
+    (default: the final weights of the last completed stage). ``cfg``: build the module with this
+    config instead of the run's own (``ftclip eval RUN eval.key=...``); the model comes from the
+    checkpoint either way.
 
     Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
     backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
     holds all the weights.
     """
-    cfg = run.load_config()
-    ckpt = run.final_checkpoint()
-    if ckpt is None:
-        raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit)")
+    cfg = run.load_config() if cfg is None else cfg
+    _, ckpt = select_checkpoint(run, stage, checkpoint)
     state = read_checkpoint(ckpt, run)
     info = state.get("ftclip", {}).get("info")
     if info is None:

@@ -74,17 +74,17 @@ def test_device_cache_batch_is_the_augmented_sampled_images(tiny_reid_root, tmp_
         module.cached_batch_images(batch)
 
 
-def test_cpu_threads_leave_loader_workers_their_cores(monkeypatch):
+def testset_cpu_threads_leave_loader_workers_their_cores(monkeypatch):
     from ftclip import engine
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     cfg = load_recipe(RECIPE, ["data.num_workers=64", "trainer.accelerator=cpu"])
     try:
-        assert engine._cpu_threads(cfg) == 1
+        assert engine.set_cpu_threads(cfg) == 1
         assert torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        assert engine._cpu_threads(cfg) is None  # the user's setting wins
+        assert engine.set_cpu_threads(cfg) is None  # the user's setting wins
     finally:
         torch.set_num_threads(before)
 

@@ -38,7 +38,7 @@ from ftclip.config import EXPORT_FORMATS, check_interpolation
 from ftclip.errors import FtclipError
 from ftclip.io import replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
-from ftclip.runs import RunDir, is_run_dir, load_module_from_run
+from ftclip.runs import RunDir, is_run_dir, load_module_from_run, select_checkpoint
 
 log = logging.getLogger("ftclip")
 
@@ -352,22 +352,22 @@ def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
         raise FtclipError(f"folder {out.parent} is not writable; choose another --out")
 
 
-def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False) -> Path:
-    """Export the final weights of ``run_dir`` in ``formats`` (``open_clip`` is always written; ``onnx`` adds
-    ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``."""
+def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False,
+               checkpoint: str = "last") -> Path:
+    """Export the final weights of ``run_dir`` (``checkpoint="best"``: its last stage's best checkpoint) in
+    ``formats`` (``open_clip`` is always written; ``onnx`` adds ONNX encoders) to ``out`` (default
+    ``<run_dir>/export``). Returns ``out``."""
     formats = check_formats(formats)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
                           "give the folder `ftclip fit` made")
-    if run.final_checkpoint() is None:
-        raise FtclipError(f"run {run_dir} has no completed stage with a checkpoint; nothing to export. "
-                          f"Train it first (ftclip fit), or finish it with `ftclip fit --resume {run_dir}`")
+    stage, ckpt = select_checkpoint(run, None, checkpoint)
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, run_dir)
 
-    module, cfg = load_module_from_run(run)
+    module, cfg = load_module_from_run(run, stage, checkpoint)
     module = module.cpu().eval()
     backbone = module.backbone
     meta = dict(backbone.metadata())
@@ -444,7 +444,6 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         files[MODEL_CARD] = "model card"
 
         metrics = run.metrics()
-        checkpoint = run.final_checkpoint()
         meta.update({
             "format_version": 1,
             "name": str(cfg.name),
@@ -454,8 +453,10 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "lora_merged": lora_merged,
             "formats": formats,
             "run_dir": str(run_dir.resolve()),
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha256_file(checkpoint),
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "stage": stage,
+            "module_info": dict(module.info),  # what the module's shape depends on (ftclip eval EXPORT rebuilds it)
             "recipe_hash": config_hash(cfg),
             "recipe": to_yaml(cfg),
             "metrics": metrics,

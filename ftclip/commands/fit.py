@@ -1,4 +1,4 @@
-"""``ftclip fit RECIPE [key=value ...]`` and ``ftclip fit --resume RUN_DIR``."""
+"""``ftclip fit RECIPE [key=value ...] [--print-config | --dry-run]`` and ``ftclip fit --resume RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -18,49 +18,86 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML file or bundled recipe name (see `ftclip recipes`)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.devices=2 data.root=/data/market")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--print-config", action="store_true",
+                      help="print the resolved recipe (YAML) and exit; nothing is read, built or written")
+    what.add_argument("--dry-run", action="store_true",
+                      help="check the recipe, parse the data, build the model, print what each stage trains, and exit "
+                           "without training or writing a run directory")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ftclip.engine import is_main_process
+    from ftclip.recipe import load_recipe, to_yaml
+
+    if args.print_config or args.dry_run:
+        if args.resume:
+            from ftclip.runs import RunDir
+
+            cfg = RunDir.open(args.resume).load_config()
+        elif args.recipe:
+            cfg = load_recipe(args.recipe, list(args.overrides))
+        else:
+            raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+        else:
+            from ftclip.engine import dry_run
+
+            dry_run(cfg)
+        return 0
+    run_dir, metrics = fit_run(args.recipe, list(args.overrides), args.resume)
+    if is_main_process() and run_dir.config_path.is_file():  # one run (seeds=[...] printed its summary)
+        print(json.dumps(metrics, indent=2))
+        print(f"report: {run_dir.path / 'report.html'}")
+        print(f"done: {run_dir.path}")
+    return 0
+
+
+def fit_run(recipe, overrides: list[str], resume=None):
+    """Train (or resume) a run, export it (``run.export``) and write its report: ``(RunDir, metrics)``.
+    With ``seeds=[...]``: the folder holding ``seed<N>/`` and ``seeds.json``, and that summary. The one
+    path of ``ftclip fit`` and ``ftclip.fit``."""
     from ftclip.recipe import load_recipe
     from ftclip.runs import RunDir
 
     created = False
-    if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or args.resume):
+    if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or resume):
         # a DDP worker (started by Lightning re-running this command, or a resume under torchrun/SLURM)
-        run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or args.resume)
+        run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or resume)
         cfg = run_dir.load_config()
-    elif _worker_rank() > 0 and args.recipe:
+    elif _worker_rank() > 0 and recipe:
         # torchrun / srun start every rank with the same command: rank 0 creates run.dir, the others join it
-        cfg = load_recipe(args.recipe, list(args.overrides))
+        cfg = load_recipe(recipe, overrides)
         if not cfg.run.dir:
             raise FtclipError("several processes were launched (torchrun/srun): set run.dir so they share one run "
                               "directory, e.g. run.dir=runs/my_job")
         run_dir = RunDir(cfg.run.dir)
         _wait_for(run_dir.config_path)
         cfg = run_dir.load_config()
-    elif args.resume:
-        if args.recipe or args.overrides:
+    elif resume:
+        if recipe or overrides:
             raise FtclipError("--resume takes only the run directory: its saved config.yaml is used as it is")
-        run_dir = RunDir.open(args.resume)
+        run_dir = RunDir.open(resume)
         cfg = run_dir.load_config()
     else:
-        if not args.recipe:
+        if not recipe:
             raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
-        cfg = load_recipe(args.recipe, list(args.overrides))
+        cfg = load_recipe(recipe, overrides)
         if cfg.seeds:
-            return fit_seeds(cfg)
+            base, summary = fit_seeds(cfg)
+            return RunDir(base), summary
         run_dir = RunDir.create(cfg)
         created = True
-    metrics = _fit_run(cfg, run_dir, created)
-    print(json.dumps(metrics, indent=2))
-    print(f"done: {run_dir.path}")
-    return 0
+    return run_dir, _fit_run(cfg, run_dir, created)
 
 
 def _fit_run(cfg, run_dir, created: bool) -> dict:
-    """Train ``cfg`` in ``run_dir`` (removed again if bad input stops it before any work), then export."""
+    """Train ``cfg`` in ``run_dir`` (removed again if bad input stops it before any work), then export and
+    write ``report.html``."""
     from ftclip.artifacts.export import export_run
+    from ftclip.artifacts.report import write_report
     from ftclip.engine import fit, is_main_process
 
     saved = os.environ.get(RUN_DIR_ENV)
@@ -78,15 +115,18 @@ def _fit_run(cfg, run_dir, created: bool) -> dict:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = saved
-    if cfg.run.export and is_main_process():
-        export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True)
+    if is_main_process():
+        if cfg.run.export:
+            export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True)
+        write_report(run_dir.path)
     return metrics
 
 
-def fit_seeds(cfg) -> int:
+def fit_seeds(cfg):
     """``seeds=[1,2,3]``: one run per seed in ``<run dir>/seed<N>/`` (``seed`` set, everything else as given),
     then ``<run dir>/seeds.json``: per stage and metric the values, their mean and (population) std, as
-    Dassl's ``parse_test_res.py`` reports them. A run that stops can be finished with ``--resume <run dir>/seed<N>``."""
+    Dassl's ``parse_test_res.py`` reports them. A run that stops can be finished with ``--resume <run dir>/seed<N>``.
+    Returns ``(<run dir>, the summary)``."""
     import copy
     import datetime as dt
     from pathlib import Path
@@ -111,7 +151,7 @@ def fit_seeds(cfg) -> int:
         for key, stats in values.items():
             print(f"[{stage}] {key} = {stats['mean']:.4f} +- {stats['std']:.4f} over seeds {seeds}")
     print(f"done: {base} (seeds.json)")
-    return 0
+    return base, summary
 
 
 def _say_resumable(exc: BaseException, run_dir) -> None:
