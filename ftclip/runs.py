@@ -219,25 +219,18 @@ class RunDir:
         path = self.checkpoint_dir(stage) / "best.ckpt"
         return path if path.is_file() else None
 
-    def final_checkpoint(self) -> Path | None:
-        """The last checkpoint of the last completed stage (what export and scoring use)."""
-        for stage in reversed(self.completed_stages()):
-            ckpt = self.last_checkpoint(stage)
-            if ckpt:
-                return ckpt
-        return None
-
 
 # ---------------------------------------------------------------------- which checkpoint a command uses
 CHECKPOINT_CHOICES = ("last", "best")
 
 
-def select_checkpoint(run: RunDir, stage: str | None = None, which: str = "last") -> tuple[str, Path]:
+def select_checkpoint(run: RunDir, stage: str | None = None, cfg=None, which: str = "last") -> tuple[str, Path]:
     """The checkpoint export, inference and ``ftclip eval`` read: ``(stage, path)``.
 
     ``stage`` None: the last completed stage; ``which``: ``last`` (its final weights) or ``best``
-    (``checkpoints/<stage>/best.ckpt``, kept with ``stages.<stage>.monitor``). Every command that
-    loads a run chooses its checkpoint here, so one rule holds for all of them.
+    (``checkpoints/<stage>/best.ckpt``, kept with ``stages.<stage>.monitor``); ``cfg``: the run's
+    config if already loaded. Every command that loads a run chooses its checkpoint here, so one
+    rule holds for all of them.
     """
     if which not in CHECKPOINT_CHOICES:
         raise FtclipError(f"--checkpoint {which!r} is not one of {', '.join(CHECKPOINT_CHOICES)}")
@@ -248,7 +241,7 @@ def select_checkpoint(run: RunDir, stage: str | None = None, which: str = "last"
                               f"or finish it with `ftclip fit --resume {run.path}`")
         stage = completed[-1]
     else:
-        stages = list(run.load_config().stages)
+        stages = list((cfg if cfg is not None else run.load_config()).stages)
         if stage not in stages:
             raise FtclipError(f"--stage {stage!r} is not a stage of run {run.path}; its stages: {', '.join(stages)}")
     path = run.checkpoint_dir(stage) / f"{which}.ckpt"
@@ -376,7 +369,7 @@ def load_module_from_run(run: RunDir, stage: str | None = None, checkpoint: str 
     holds all the weights.
     """
     cfg = run.load_config() if cfg is None else cfg
-    _, ckpt = select_checkpoint(run, stage, checkpoint)
+    _, ckpt = select_checkpoint(run, stage, cfg, which=checkpoint)
     state = read_checkpoint(ckpt, run)
     info = state.get("ftclip", {}).get("info")
     if info is None:

@@ -74,7 +74,7 @@ def test_device_cache_batch_is_the_augmented_sampled_images(tiny_reid_root, tmp_
         module.cached_batch_images(batch)
 
 
-def testset_cpu_threads_leave_loader_workers_their_cores(monkeypatch):
+def test_cpu_threads_leave_loader_workers_their_cores(monkeypatch):
     from ftclip import engine
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

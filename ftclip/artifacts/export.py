@@ -363,7 +363,7 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     if not run.config_path.is_file():
         raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
                           "give the folder `ftclip fit` made")
-    stage, ckpt = select_checkpoint(run, None, checkpoint)
+    stage, ckpt = select_checkpoint(run, None, which=checkpoint)
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, run_dir)
 

@@ -68,7 +68,7 @@ def evaluate_source(source: str | Path, recipe: str | Path | None = None, overri
                               f"(the model comes from the checkpoint); not {bad[0]}")
         run = RunDir(path)
         cfg = with_overrides(run.load_config(), overrides, str(run.config_path))
-        stage, ckpt = select_checkpoint(run, stage, checkpoint)
+        stage, ckpt = select_checkpoint(run, stage, cfg, which=checkpoint)
         get_task(str(cfg.task)).check_config(cfg)
         module, _ = load_module_from_run(run, stage, checkpoint, cfg=cfg)
         _as_after_stage(module, cfg, stage)
