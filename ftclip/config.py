@@ -30,6 +30,9 @@ LORA_ENCODERS = ("image", "text")
 LORA_TARGETS = ("attn", "qkv", "mlp")  # q, k, v and out / q, k, v only (CLIP-LoRA) / the MLP
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")  # trainer.logger (ftclip/logs.py builds them)
+#: stages.<s>.epochs; 0 is what users write to mean "evaluate only", so the message says how
+EPOCHS = Interval(1, integer=True)
+EPOCHS.text += " (to evaluate without training, use `ftclip eval RECIPE` or `ftclip eval RUN_DIR`)"
 #: Lightning 2.6's precision names (tests/test_domains.py compares them with Lightning's own list)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16", "32", "16", "bf16", "64")
@@ -114,7 +117,7 @@ class StageConfig:
     kind: str = MISSING  # the task's objective for this stage (reid: prompts|image; iqa: qualiclip|mos)
     # parameter groups to train, e.g. [prompts] or [image, head]; empty for a task's closed-form kinds (recipe.py)
     train: List[str] = within(Each(NAME), factory=list)
-    epochs: int = within(POSITIVE_INT, 1)
+    epochs: int = within(EPOCHS, 1)
     batch_size: Optional[int] = within(POSITIVE_INT, None)  # None: data.batch_size
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ftclip.config import LOGGERS
 from ftclip.errors import ConfigError
 from ftclip.io import atomic_write
 
 HISTORY_FILE = "metrics.csv"
 
-#: trainer.logger name -> (the packages that provide it (any one), the pip extra that installs it)
-LOGGERS: dict[str, tuple[tuple[str, ...], str | None]] = {
+#: trainer.logger name (ftclip.config.LOGGERS) -> (the packages that provide it, any one; the pip extra)
+PACKAGES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "csv": ((), None),
     "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
     "wandb": (("wandb",), "wandb"),
@@ -90,6 +91,7 @@ class StageHistory(Callback):
     """Writes one stage's history file (see the module docstring); only ``write=True`` (rank 0) writes.
 
     ``on_epoch(line)`` receives one progress line per epoch (loss, lr, the last validation, elapsed time).
+    An epoch shorter than the loader's ``len()`` is a warning (see :meth:`_warn_short_epoch`).
     ``resuming``: the stage resumes from a checkpoint; one written before ftclip kept the history in
     checkpoints has no row count, and then the file is kept as it is.
     """
@@ -108,6 +110,7 @@ class StageHistory(Callback):
         self._lr: float | None = None
         self._last_val: dict[str, float] = {}
         self._header: list[str] | None = None  # the file's columns, once read
+        self._warned = False
 
     # ------------------------------------------------------------------ state in every checkpoint
     def state_dict(self) -> dict:
@@ -183,7 +186,21 @@ class StageHistory(Callback):
         self._append(row)
         if self.on_epoch is not None and self.write:
             self.on_epoch(self._line(trainer.current_epoch, means))
+        self._warn_short_epoch(trainer)
         self._sums, self._count, self._last_val = {}, 0, {}
+
+    def _warn_short_epoch(self, trainer) -> None:
+        """Once per stage: an epoch that ended before the loader's ``len()`` (a P x K epoch may). Lightning
+        2.6 then skips that epoch's step of the lr schedule and its validation (both wait for ``len()``
+        batches), so the schedule and ``eval_every`` silently stop advancing."""
+        expected = getattr(trainer, "num_training_batches", float("inf"))
+        cut = bool(getattr(trainer, "should_stop", False)) or 0 < int(getattr(trainer, "max_steps", -1)) <= trainer.global_step
+        if self._warned or cut or not self.write or expected == float("inf") or self._count >= expected:
+            return
+        self._warned = True
+        print(f"warning: [{self.stage}] epoch {trainer.current_epoch + 1} ended after {self._count} of the loader's "
+              f"len() = {int(expected)} batches: Lightning skips the lr-schedule step and the evaluation "
+              "(eval_every, monitor) of such an epoch", flush=True)
 
     # ------------------------------------------------------------------ writing
     def _line(self, epoch: int, means: dict[str, float]) -> str:
@@ -236,7 +253,7 @@ def logger_names(value) -> list[str]:
     names = [value] if isinstance(value, str) else list(value or [])
     names = [str(n).strip().lower() for n in names]
     unknown = [n for n in names if n not in LOGGERS]
-    if unknown:
+    if unknown:  # recipe validation refuses them already; this guards direct calls
         raise ConfigError(f"trainer.logger names unknown logger(s) {unknown}; choose from: {', '.join(LOGGERS)} "
                           "(a name or a list, e.g. trainer.logger=[csv,tensorboard])")
     return list(dict.fromkeys(["csv", *names]))
@@ -246,7 +263,7 @@ def check_loggers(value) -> list[str]:
     """The names of ``trainer.logger``, each logger's package importable (ConfigError naming the extra if not)."""
     names = logger_names(value)
     for name in names:
-        packages, extra = LOGGERS[name]
+        packages, extra = PACKAGES[name]
         if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
             raise ConfigError(f"trainer.logger={name} needs the {packages[0]} package, which is not installed: "
                               f"pip install 'ftclip[{extra}]' (or remove {name} from trainer.logger)")

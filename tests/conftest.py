@@ -38,6 +38,9 @@ def tiny_reid_overrides(root, run_dir, **extra) -> list[str]:
 
 
 TRAINED_RUN_EXTRA = {
+    # P = 8 identities x K = 2: every batch holds all 8 training identities, so each epoch has exactly
+    # len() = 2 batches (Lightning validates during a stage only at an epoch's len(), see ftclip/logs.py)
+    "data.batch_size": 16,
     "stages.prompts.epochs": 1,
     "stages.image.epochs": 3,
     "stages.image.eval_every": 1,

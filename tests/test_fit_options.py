@@ -34,9 +34,10 @@ def test_dry_run_parses_data_builds_the_model_and_trains_nothing(tiny_reid_root,
     assert "market1501 at" in captured.out and "model ftclip-tiny-vit (random init), input 128x64" in captured.out
     assert "stage 'prompts': training 2.05K / 3.43M parameters (0.06%): groups prompts" in captured.out
     assert "stage 'image': training" in captured.out and "dry run:" in captured.out
-    # the tiny overrides give stage prompts 2 epochs and the recipe a 2-epoch warm-up
-    assert "warning: stages.prompts.schedule.warmup_epochs=2 >= stages.prompts.epochs=2" in captured.out
-    assert "peak lr 0.0035 is never reached" in captured.out and captured.err == ""
+    # the tiny overrides give stage prompts 2 epochs and the recipe a 2-epoch warm-up (epoch numbers from 1)
+    assert "warning: stages.prompts.schedule.warmup_epochs=2 >= stages.prompts.epochs=2: the warm-up fills the " \
+           "stage; only its last epoch runs after it (at lr 1e-05)" in captured.out
+    assert captured.err == ""
     assert not run_dir.exists()
 
 
@@ -45,12 +46,15 @@ def test_monitor_settings_that_cannot_work_fail_before_any_data(tmp_path, capsys
     cases = [
         (["stages.image.monitor=mAP"], "needs evaluations during the stage"),
         (["stages.image.early_stopping.patience=3"], "early_stopping needs stages.image.monitor"),
-        (["stages.image.monitor=mAP", "stages.image.eval_every=1", "stages.image.monitor_mode=up"], "max or min"),
+        (["stages.image.monitor=mAP", "stages.image.eval_every=1", "stages.image.monitor_mode=up"],
+         "stages.image.monitor_mode='up' is not allowed"),
+        (["stages.image.monitor=mAP", "stages.image.eval_every=1", "stages.image.early_stopping.patience=0"],
+         "stages.image.early_stopping.patience=0 is not allowed"),
     ]
     for extra, message in cases:
         assert main(["fit", RECIPE, *missing, *extra]) == 2
         err = capsys.readouterr().err
-        assert message in err and "missing" not in err, err  # the recipe is refused before the data is looked at
+        assert message in err and "does not exist" not in err, err  # refused before the data is looked at
     assert not (tmp_path / "run").exists()
 
 

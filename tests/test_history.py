@@ -119,6 +119,10 @@ def test_seconds_are_printed_as_durations():
 
 # ---------------------------------------------------------------------------------------- loggers
 def test_logger_names_are_checked():
+    from ftclip.config import LOGGERS
+    from ftclip.logs import PACKAGES
+
+    assert set(PACKAGES) == set(LOGGERS)  # every name the schema allows has its package entry
     assert check_loggers("csv") == ["csv"]
     with pytest.raises(ConfigError, match=r"trainer.logger names unknown logger\(s\) \['neptune'\]"):
         check_loggers(["csv", "neptune"])
@@ -166,3 +170,21 @@ def test_the_engine_refuses_a_missing_logger_before_any_data(tmp_path, monkeypat
                  f"run.dir={tmp_path / 'run'}", "trainer.logger=[csv,wandb]"])
     assert code == 2 and "pip install 'ftclip[wandb]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_shorter_than_the_loader_len_is_said_once(tmp_path, capsys):
+    history = StageHistory(tmp_path / "h.csv", "image", epochs=4, log_every=1)
+    trainer, module = FakeTrainer(), SimpleNamespace(step_log={})
+    trainer.num_training_batches, trainer.max_steps = 3, -1
+    _start(history, trainer, module)
+    for batches in (3, 2, 2):  # a full epoch, then two that end a batch early
+        for _ in range(batches):
+            trainer.global_step += 1
+            module.step_log = {"train/loss": torch.tensor(1.0)}
+            history.on_train_batch_end(trainer, module, None, None, 0)
+        history.on_train_epoch_end(trainer, module)
+        trainer.current_epoch += 1
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1
+    assert "warning: [image] epoch 2 ended after 2 of the loader's len() = 3 batches: Lightning skips the " \
+           "lr-schedule step and the evaluation" in out

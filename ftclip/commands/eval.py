@@ -34,7 +34,9 @@ def register(sub) -> None:
     p.add_argument("--stage", help="a run's stage to evaluate (default: its last completed stage)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="last: the stage's final weights (default); best: its best.ckpt (stages.<s>.monitor)")
-    p.add_argument("--out", help="where to write eval.json (default: RUN_DIR/eval.json for a run, else ./eval.json)")
+    p.add_argument("--out", help="where to write eval.json (default: RUN_DIR/eval.json for a run, else ./eval.json; "
+                                 "the default is replaced by each evaluation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -146,23 +148,27 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join([f"{'metric':<{width}}  value"] + [f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()])
 
 
-def default_out(result: dict) -> Path:
-    return Path(result["source"]) / "eval.json" if result["kind"] == "run" else Path("eval.json")
+def default_out(source: str | Path) -> Path:
+    """``RUN_DIR/eval.json`` for a run directory, else ``./eval.json``."""
+    from ftclip.runs import is_run_dir
+
+    return Path(source) / "eval.json" if is_run_dir(source) else Path("eval.json")
 
 
 def run(args) -> int:
-    from ftclip.io import atomic_write_json
+    from ftclip.io import atomic_write_json, check_output_file
 
     rest = list(args.rest)
     recipe = rest.pop(0) if rest and "=" not in rest[0] else None
+    out = Path(args.out) if args.out else default_out(args.source)
+    check_output_file(out, "--out", overwrite=args.overwrite or not args.out)  # before any work
     result = evaluate_source(args.source, recipe, rest, args.stage, args.checkpoint)
     where = f"stage {result['stage']}, {Path(result['checkpoint']).name}" if result["kind"] == "run" else result["kind"]
     print(f"evaluated {args.source} ({where}) in {result['seconds']:.1f}s")
     print(format_table(result["metrics"]))
-    out = Path(args.out) if args.out else default_out(result)
     atomic_write_json(out, result)
     print(f"wrote {out}")
-    if result["kind"] == "run" and out.resolve() == default_out(result).resolve():
+    if result["kind"] == "run" and out.resolve() == default_out(args.source).resolve():
         from ftclip.artifacts.report import write_report
 
         write_report(result["source"])  # the run's report lists its eval.json
