@@ -28,7 +28,7 @@ from ftclip.backbone import check_model_config
 from ftclip.errors import ConfigError, FtclipError
 from ftclip.io import AtomicCheckpointIO
 from ftclip.logs import (HISTORY_FILE, StageHistory, build_loggers, check_loggers, format_seconds, is_metric_key,
-                         read_history)
+                         is_number, read_history)
 from ftclip.plots import plot_losses, plot_lr, plot_run_metrics
 from ftclip.runs import RunDir, load_weights, verify_checkpoint
 from ftclip.stages import check_groups, count_parameters, schedule_warnings
@@ -210,7 +210,7 @@ def evaluate(cfg, module, datamodule) -> dict[str, float]:
 def format_metrics(metrics: dict[str, float]) -> str:
     """``mAP=0.3120  rank1=0.4500  train_seconds=42.7s`` (durations in seconds, minutes, hours)."""
     return "  ".join(f"{k}={format_seconds(v)}" if k.endswith("_seconds") else f"{k}={v}" if isinstance(v, int)
-                     else f"{k}={v:.4f}" for k, v in metrics.items())
+                     else f"{k}={v:.4f}" for k, v in metrics.items() if is_number(v))
 
 
 def check_stages(cfg, module) -> None:
@@ -337,7 +337,7 @@ def _known_metrics(metrics: dict) -> list[str]:
     """Metric names of the evaluations recorded so far (for ``resolve_monitor``)."""
     names: list[str] = []
     for values in metrics.values():
-        names += [k for k in values if k not in names and is_metric_key(k)]
+        names += [k for k, v in values.items() if k not in names and is_metric_key(k) and is_number(v)]
     return names
 
 

@@ -56,6 +56,11 @@ def is_metric_key(key: str) -> bool:
     return key not in BOOKKEEPING_KEYS and not key.startswith("best/")
 
 
+def is_number(value) -> bool:
+    """A plain number of ``metrics.json`` (tasks may also record tables there, e.g. per-class accuracy)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------------------------------- the history
 def read_history(path: str | Path) -> list[dict[str, float]]:
     """The rows of a history file as numbers (empty cells left out); ``[]`` if there is none."""
@@ -194,7 +199,8 @@ class StageHistory(Callback):
         2.6 then skips that epoch's step of the lr schedule and its validation (both wait for ``len()``
         batches), so the schedule and ``eval_every`` silently stop advancing."""
         expected = getattr(trainer, "num_training_batches", float("inf"))
-        cut = bool(getattr(trainer, "should_stop", False)) or 0 < int(getattr(trainer, "max_steps", -1)) <= trainer.global_step
+        limit = int(getattr(trainer, "max_steps", -1))  # a cap (max_steps; 0: a closed-form stage) ends it on purpose
+        cut = bool(getattr(trainer, "should_stop", False)) or 0 <= limit <= trainer.global_step
         if self._warned or cut or not self.write or expected == float("inf") or self._count >= expected:
             return
         self._warned = True

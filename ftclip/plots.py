@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ftclip.io import atomic_write  # noqa: E402
-from ftclip.logs import is_metric_key  # noqa: E402
+from ftclip.logs import is_metric_key, is_number  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -103,8 +103,8 @@ def run_metric_points(stages: list[tuple[str, int, list[dict]]], metrics: dict) 
     ``initial``, ``during`` (a validation inside a stage) or ``end`` (the evaluation after a stage)."""
     points: dict[str, list[tuple[float, float, str]]] = {}
 
-    def add(name: str, x: float, value: float, kind: str) -> None:
-        if is_metric_key(name):
+    def add(name: str, x: float, value, kind: str) -> None:
+        if is_metric_key(name) and is_number(value):
             points.setdefault(name, []).append((x, float(value), kind))
 
     for name, value in metrics.get("initial", {}).items():

@@ -16,7 +16,7 @@ import yaml
 
 from ftclip.artifacts.layout import EXPORT_META
 from ftclip.io import atomic_write_text, read_json
-from ftclip.logs import format_seconds
+from ftclip.logs import format_seconds, is_number
 from ftclip.runs import RunDir
 from ftclip.version import __version__
 
@@ -50,10 +50,11 @@ def _cell(key: str, value) -> str:
 
 
 def _table(rows: list[tuple[str, dict]]) -> str:
-    """One row per evaluation, one column per metric (in first-seen order)."""
+    """One row per evaluation, one column per number (in first-seen order); tables a task keeps in
+    metrics.json beside its numbers (per-class accuracy, ...) stay there."""
     columns: list[str] = []
     for _, values in rows:
-        columns += [k for k in values if k not in columns]
+        columns += [k for k, v in values.items() if k not in columns and is_number(v)]
     head = "".join(f"<th>{_e(c)}</th>" for c in ["evaluation", *columns])
     body = "".join(
         "<tr><td>" + _e(name) + "</td>" + "".join(f"<td>{_cell(c, values[c]) if c in values else ''}</td>"
