@@ -18,6 +18,7 @@ from ftclip.errors import FtclipError, Interrupted
 
 COMMANDS = [
     "ftclip.commands.fit",
+    "ftclip.commands.eval",
     "ftclip.commands.data",
     "ftclip.commands.recipes",
     "ftclip.commands.score",

@@ -1,7 +1,9 @@
 """The one training path: config -> data -> module -> stages -> metrics -> run directory.
 
-Training only: loading a run for export or inference is :mod:`ftclip.runs`' job, and exporting
-after training is the ``fit`` command's (``run.export``).
+Training, and the evaluation it runs before and after each stage (:func:`evaluate`, which
+``ftclip eval`` calls too, so its numbers are those of ``metrics.json``). Loading a run for export
+or inference is :mod:`ftclip.runs`' job, and exporting after training is the ``fit`` command's
+(``run.export``).
 
 For each stage of the recipe, in order: freeze everything, unfreeze the groups it names,
 build a fresh Lightning ``Trainer`` (a finished Trainer does nothing on a second ``fit``),
@@ -22,7 +24,6 @@ import logging
 import os
 import random
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,17 @@ from pathlib import Path
 import lightning as L
 import torch
 import numpy as np
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from ftclip.backbone import check_model_config
 from ftclip.errors import ConfigError, DiskFullError, DivergedError, FtclipError, Interrupted
 from ftclip.interrupts import StopAtStepEnd, handle_signals, set_children
 from ftclip.io import AtomicCheckpointIO, disk_full_cause, free_bytes, human_bytes
-from ftclip.plots import plot_stage_losses
+from ftclip.logs import (HISTORY_FILE, StageHistory, build_loggers, check_loggers, format_seconds, is_metric_key,
+                         is_number, read_history)
+from ftclip.plots import plot_losses, plot_lr, plot_run_metrics
 from ftclip.runs import RunDir, load_weights, verify_checkpoint
-from ftclip.stages import check_groups, retune
+from ftclip.stages import check_groups, count_parameters, retune, schedule_warnings
 from ftclip.tasks import get_task
 
 log = logging.getLogger("ftclip")
@@ -54,7 +56,7 @@ def _precision(cfg) -> str:
     return "32-true"
 
 
-def _cpu_threads(cfg) -> int | None:
+def set_cpu_threads(cfg) -> int | None:
     """Training on the CPU: intra-op threads = free cores - DataLoader workers (at least 1).
 
     More intra-op threads than free cores make every small op wait at OpenMP barriers for a
@@ -157,7 +159,49 @@ def is_main_process() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None, on_saved=None) -> L.Trainer:
+def say(line: str) -> None:
+    """Print one line, once: on global rank 0 only (under DDP every rank runs the engine)."""
+    if is_main_process():
+        print(line, flush=True)
+
+
+def eval_every(cfg, stage_cfg) -> int:
+    """Epochs between evaluations during a stage (0: only after it)."""
+    every = stage_cfg.eval_every if stage_cfg.eval_every is not None else cfg.eval.every
+    return int(every) if every and every > 0 else 0
+
+
+class MonitorCheck(Callback):
+    """At each validation of a stage with ``monitor``: the metric was logged, else one clear error
+    naming what was (before Lightning's checkpoint and early-stopping callbacks look for it)."""
+
+    def __init__(self, stage: str, key: str):
+        self.stage, self.key = stage, key
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.key in trainer.callback_metrics:
+            return
+        logged = sorted(k.split("/", 1)[1] for k in trainer.callback_metrics if k.startswith("val/"))
+        raise ConfigError(f"stages.{self.stage}.monitor={self.key.split('/', 1)[1]} is not a metric this task "
+                          f"logs; it logs: {', '.join(logged) or 'nothing'}")
+
+
+def resolve_monitor(stage: str, name: str, known: list[str]) -> str:
+    """``stages.<stage>.monitor`` as the metric the task logs: the name itself, or the one logged name
+    ending in ``/<name>`` (``srcc`` -> ``synthetic/srcc`` with one IQA set). ``known`` are the metric
+    names of an evaluation already recorded (empty: checked at the stage's first validation)."""
+    if not known or name in known:
+        return name
+    matches = [k for k in known if k.endswith(f"/{name}")]
+    if len(matches) == 1:
+        return matches[0]
+    raise ConfigError(f"stages.{stage}.monitor={name} is not a metric this task logs"
+                      + (f" unambiguously (it matches {', '.join(matches)})" if matches else "")
+                      + f"; it logs: {', '.join(known)}")
+
+
+def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None, history: StageHistory | None = None,
+                  monitor: str | None = None, on_saved=None) -> L.Trainer:
     """A Trainer for one stage (``stage_cfg`` given) or for evaluation only. ``on_saved(checkpoint, path)``
     is called after each checkpoint is in place."""
     _quiet_lightning()
@@ -170,29 +214,43 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None, on
     )
     if stage_cfg is None:
         return L.Trainer(logger=False, enable_checkpointing=False, **kwargs)
-    every = stage_cfg.eval_every if stage_cfg.eval_every is not None else cfg.eval.every
+    every = eval_every(cfg, stage_cfg)
     closed_form = str(stage_cfg.kind) in get_task(str(cfg.task)).closed_form_kinds  # fitted in on_fit_start
     ckpt_dir = run.checkpoint_dir(stage)
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
-                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    # the history first: its rows of a step are written before that step's checkpoint (Lightning runs
+    # checkpoint callbacks last), see ftclip/logs.py
+    callbacks: list[Callback] = [history] if history is not None else []
+    callbacks.append(StepSeed(int(cfg.seed), list(cfg.stages).index(stage)))
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                                     save_on_train_epoch_end=True, enable_version_counter=False))
     if t.ckpt_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(t.ckpt_every_n_steps),
                                          save_top_k=1, enable_version_counter=False))
-    logger = CSVLogger(save_dir=str(run.log_dir()), name=stage, version="")
-    if not closed_form:
+    if monitor is not None:
+        key, mode = f"val/{monitor}", str(stage_cfg.monitor_mode)
+        callbacks.append(MonitorCheck(stage, key))
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=key, mode=mode, save_top_k=1,
+                                         enable_version_counter=False, auto_insert_metric_name=False,
+                                         save_on_train_epoch_end=False))
+        if stage_cfg.early_stopping is not None:
+            es = stage_cfg.early_stopping
+            callbacks.append(EarlyStopping(monitor=key, mode=mode, patience=int(es.patience),
+                                           min_delta=float(es.min_delta), check_on_train_epoch_end=False))
+    loggers = build_loggers(t.logger, run.log_dir(), str(cfg.name), stage)
+    if loggers and not closed_form:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    callbacks.append(StepSeed(int(cfg.seed), list(cfg.stages).index(stage)))
     callbacks.append(ApplyStageSettings(stage))
     callbacks.append(StopAtStepEnd(stage, ckpt_dir / "last.ckpt"))
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(
-        max_epochs=int(stage_cfg.epochs), max_steps=0 if closed_form else int(stage_cfg.max_steps), logger=logger,
+        max_epochs=int(stage_cfg.epochs), max_steps=0 if closed_form else int(stage_cfg.max_steps),
+        logger=loggers or False,
         callbacks=callbacks, plugins=[AtomicCheckpointIO(run.record_hash, on_saved)],
         default_root_dir=str(run.path),  # never the working folder (Lightning looks for SLURM hpc_ckpt_* there)
         log_every_n_steps=int(t.log_every_n_steps),
         gradient_clip_val=t.gradient_clip_val,
-        check_val_every_n_epoch=int(every) if every and every > 0 else int(stage_cfg.epochs) + 1,
+        check_val_every_n_epoch=every if every else int(stage_cfg.epochs) + 1,
         **kwargs,
     )
 
@@ -206,6 +264,7 @@ _TRAINERS: list = []  # this process's Trainers of the current fit (their launch
 
 
 def evaluate(cfg, module, datamodule) -> dict[str, float]:
+    """The task's validation over the recipe's evaluation data -> ``{metric: value}`` (``val/`` dropped)."""
     trainer = build_trainer(cfg, None, None)
     _TRAINERS.append(trainer)
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -213,8 +272,10 @@ def evaluate(cfg, module, datamodule) -> dict[str, float]:
     return {key.split("/", 1)[-1]: float(value) for key, value in values.items()}
 
 
-def _format(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``mAP=0.3120  rank1=0.4500  train_seconds=42.7s`` (durations in seconds, minutes, hours)."""
+    return "  ".join(f"{k}={format_seconds(v)}" if k.endswith("_seconds") else f"{k}={v}" if isinstance(v, int)
+                     else f"{k}={v:.4f}" for k, v in metrics.items() if is_number(v))
 
 
 def check_stages(cfg, module) -> None:
@@ -266,20 +327,102 @@ def check_trainer(cfg) -> None:
         raise ConfigError(f"trainer.precision={precision} needs a CUDA GPU; on the CPU use 32-true or bf16-mixed")
 
 
-def prepare(cfg):
-    """Cheapest checks first: the trainer against this machine, the model config and its weights, then the data
-    (parsed and decoded once), then the model is built."""
+def check_monitors(cfg) -> None:
+    """``monitor`` / ``early_stopping`` settings that cannot work, before any work (their values are in
+    their domains already: recipe validation)."""
+    for name, stage in cfg.stages.items():
+        if stage.early_stopping is not None and not stage.monitor:
+            raise ConfigError(f"stages.{name}.early_stopping needs stages.{name}.monitor: the metric it watches "
+                              "(e.g. mAP, srcc, accuracy)")
+        if not stage.monitor:
+            continue
+        every = eval_every(cfg, stage)
+        if not every or every > int(stage.epochs):
+            raise ConfigError(
+                f"stages.{name}.monitor={stage.monitor} needs evaluations during the stage, but it evaluates only "
+                f"after its last epoch; set stages.{name}.eval_every (or eval.every) to N <= {stage.epochs} epochs")
+
+
+def check_recipe(cfg) -> None:
+    """Every check that needs neither data nor model: the trainer against this machine, the task's, the
+    model's and its weights, loggers, monitors."""
     task = get_task(str(cfg.task))
     check_trainer(cfg)
     task.check_config(cfg)
     check_model_config(cfg.model)
+    check_loggers(cfg.trainer.logger)
+    check_monitors(cfg)
+
+
+def prepare(cfg):
+    """Cheapest checks first: the recipe and the model's weights, then the data (parsed and
+    decoded once), then the model is built."""
+    task = get_task(str(cfg.task))
+    check_recipe(cfg)
     datamodule = task.build_datamodule(cfg)
-    print(datamodule.summary(), flush=True)
+    say(datamodule.summary())
     module = task.build_module(cfg, datamodule.info)
     datamodule.set_preprocess(module.backbone.preprocess)
-    print(module.backbone.preprocess.describe(), flush=True)
+    say(module.backbone.preprocess.describe())
     check_stages(cfg, module)
     return module, datamodule
+
+
+def warn_recipe(cfg) -> None:
+    """Settings that run but cannot do what their numbers say (printed with the summary, like data check's)."""
+    for warning in schedule_warnings(cfg.stages):
+        say(f"warning: {warning}")
+
+
+def describe_model(module) -> str:
+    meta = module.backbone.metadata()
+    h, w = meta["image_size"]
+    _, total = count_parameters(module.parameter_groups())
+    weights = module.cfg.model.pretrained
+    return (f"model {meta['model_name']} ({'weights ' + str(weights) if weights else 'random init'}), "
+            f"input {h}x{w}, {total / 1e6:.2f}M parameters in groups "
+            f"{', '.join(g for g, p in module.parameter_groups().items() if p)}")
+
+
+def dry_run(cfg) -> None:
+    """``ftclip fit --dry-run``: the checks, the data parsed, the model built, what each stage would
+    train; nothing trained and no run directory."""
+    _quiet_lightning()
+    set_cpu_threads(cfg)
+    module, _ = prepare(cfg)
+    warn_recipe(cfg)
+    say(describe_model(module))
+    for name, stage in cfg.stages.items():
+        say(f"{module.set_stage(name, stage)}: groups {', '.join(stage.train)}, {stage.epochs} epoch(s), "
+            f"{stage.optimizer.name} lr {stage.optimizer.lr:g}, schedule {stage.schedule.name}")
+    say("dry run: the data parses and the model builds; nothing was trained and no run directory was made")
+
+
+def _known_metrics(metrics: dict) -> list[str]:
+    """Metric names of the evaluations recorded so far (for ``resolve_monitor``)."""
+    names: list[str] = []
+    for values in metrics.values():
+        names += [k for k, v in values.items() if k not in names and is_metric_key(k) and is_number(v)]
+    return names
+
+
+def _best(rows: list[dict], key: str, mode: str) -> tuple[float, int] | None:
+    """The best ``key`` value in a stage's history and its (1-based) epoch; the first on ties (as ModelCheckpoint)."""
+    best = None
+    for row in rows:
+        if key in row and (best is None or (row[key] > best[0] if mode == "max" else row[key] < best[0])):
+            best = (row[key], int(row.get("epoch", 0)) + 1)
+    return best
+
+
+def write_plots(cfg, run: RunDir, stage: str | None) -> None:
+    """The shared plots: ``<stage>_loss.png``, ``<stage>_lr.png`` and the run's ``metrics.png``."""
+    if stage is not None:
+        rows = read_history(run.log_dir() / stage / HISTORY_FILE)
+        plot_losses(rows, run.plots_dir() / f"{stage}_loss.png", stage)
+        plot_lr(rows, run.plots_dir() / f"{stage}_lr.png", stage)
+    stages = [(name, int(s.epochs), read_history(run.log_dir() / name / HISTORY_FILE)) for name, s in cfg.stages.items()]
+    plot_run_metrics(run.plots_dir() / "metrics.png", stages, run.metrics())
 
 
 def fit(cfg, run: RunDir) -> dict:
@@ -289,7 +432,7 @@ def fit(cfg, run: RunDir) -> dict:
     and ``DiskFullError`` (one line each, saying which checkpoint a resume continues from).
     """
     _quiet_lightning()
-    _cpu_threads(cfg)
+    set_cpu_threads(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -320,23 +463,26 @@ def fit(cfg, run: RunDir) -> dict:
 
 def _fit_stages(cfg, run: RunDir, where: _Where) -> dict:
     module, datamodule = prepare(cfg)
-    print(f"run directory: {run.path}", flush=True)
+    warn_recipe(cfg)  # once every check passed: a bad recipe gets one error line, not warnings first
+    say(f"run directory: {run.path}")
     completed = run.completed_stages()
     metrics = run.metrics()
+    main = is_main_process()  # under DDP every rank runs this function; one writes the run directory
     if cfg.eval.before and "initial" not in metrics and not completed:
         metrics["initial"] = evaluate(cfg, module, datamodule)
-        if is_main_process():  # under DDP every rank runs this function; one writes the run directory
+        if main:
             run.record_metrics("initial", metrics["initial"])
             module.on_stage_end(run, "initial")
-        print(f"[initial] {_format(metrics['initial'])}", flush=True)
+            write_plots(cfg, run, None)
+        say(f"[initial] {format_metrics(metrics['initial'])}")
     previous: str | None = None
     for name, stage in cfg.stages.items():
         if name in completed:
             previous = name
             continue
         where.begin(name)
-        line = module.set_stage(name, stage)
-        print(line, flush=True)
+        monitor = resolve_monitor(name, str(stage.monitor), _known_metrics(metrics)) if stage.monitor else None
+        say(module.set_stage(name, stage))
         resume_from = run.last_checkpoint(name)
         if resume_from is not None:
             verify_checkpoint(resume_from, run)
@@ -350,25 +496,35 @@ def _fit_stages(cfg, run: RunDir, where: _Where) -> dict:
                 )
             load_weights(module, previous_ckpt, run)
         if resume_from is not None:
-            print(f"resuming stage '{name}' from {resume_from}", flush=True)
+            say(f"resuming stage '{name}' from {resume_from}")
         where.checkpoint_bytes = checkpoint_size(module, stage, resume_from)
-        if is_main_process():
+        if main:
             run.set_stage_status(name, "running")
             _warn_if_little_space(run, name, where.checkpoint_bytes, resume_from is not None)
         datamodule.set_stage(stage.kind, stage.batch_size)
-        trainer = build_trainer(cfg, run, name, stage, on_saved=where.saved)
+        history = StageHistory(run.log_dir() / name / HISTORY_FILE, name, int(stage.epochs),
+                               int(cfg.trainer.log_every_n_steps), write=main,
+                               on_epoch=None if cfg.trainer.enable_progress_bar else say,  # the bar shows it
+                               resuming=resume_from is not None)
+        trainer = build_trainer(cfg, run, name, stage, history, monitor, on_saved=where.saved)
         _TRAINERS.append(trainer)
-        start = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         trainer.save_checkpoint(run.checkpoint_dir(name) / "last.ckpt", weights_only=False)  # final state, atomically
         metrics[name] = evaluate(cfg, module, datamodule)
-        metrics[name]["train_seconds"] = round(time.time() - start, 2)
-        if is_main_process():
+        metrics[name]["train_seconds"] = round(history.seconds, 2)
+        if monitor is not None:
+            best = _best(read_history(history.path), f"val/{monitor}", str(stage.monitor_mode)) if main else None
+            if best is not None:
+                metrics[name][f"best/{monitor}"], metrics[name]["best/epoch"] = best[0], best[1]
+            stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+            if stopper is not None and stopper.stopped_epoch:
+                metrics[name]["stopped_early_at_epoch"] = int(stopper.stopped_epoch) + 1
+        if main:
             run.record_metrics(name, metrics[name])
             run.mark_completed(name, epoch=int(trainer.current_epoch), step=int(trainer.global_step))
-            plot_stage_losses(run, name)
+            write_plots(cfg, run, name)
             module.on_stage_end(run, name)
-        print(f"[{name}] {_format(metrics[name])}", flush=True)
+        say(f"[{name}] {format_metrics(metrics[name])}")
         previous = name
     return run.metrics()
 

@@ -10,9 +10,11 @@ module, which never imports the training engine.
       .lock                        while a process trains it: {"pid", "host", "command", "since"}
       metrics.json                 {"initial": {...}, "<stage>": {...}} final metrics per stage
       checkpoints/<stage>/last.ckpt  written atomically every N steps / each epoch / at stage end
-      logs/<stage>/metrics.csv     per-step and per-epoch logs (Lightning CSVLogger)
-      plots/                       loss curves per stage, task plots (e.g. IQA scatter)
+      checkpoints/<stage>/best.ckpt  with stages.<stage>.monitor: the best evaluation so far (atomically)
+      logs/<stage>/metrics.csv     the stage's history, exactly once across resumes (ftclip/logs.py)
+      plots/                       loss, lr and validation curves, task plots (re-ID rank list, IQA scatter)
       export/                      adapted encoders (ftclip export)
+      report.html                  the run on one self-contained page (ftclip/artifacts/report.py)
 
 ``state.json``::
 
@@ -324,25 +326,27 @@ class RunDir:
         metrics[key] = values
         atomic_write_json(self.metrics_path, metrics)
 
-    def final_checkpoint(self) -> Path | None:
-        """The last checkpoint of the last completed stage, finished run or not. Commands use
-        :func:`select_checkpoint`, which refuses unfinished runs."""
-        for stage in reversed(self.completed_stages()):
-            ckpt = self.last_checkpoint(stage)
-            if ckpt:
-                return ckpt
-        return None
+    def best_checkpoint(self, stage: str) -> Path | None:
+        path = self.checkpoint_dir(stage) / "best.ckpt"
+        return path if path.is_file() else None
 
 
 # ---------------------------------------------------------------------- which checkpoint a command uses
-def select_checkpoint(run: RunDir, stage: str | None = None, cfg=None) -> tuple[str, Path]:
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+def select_checkpoint(run: RunDir, stage: str | None = None, cfg=None, which: str = "last") -> tuple[str, Path]:
     """The one rule for commands that read a run (export, embed, score, predict, eval): ``(stage, checkpoint)``.
 
     Without ``stage`` the run must be finished (every stage of its config completed): the last
-    stage's final checkpoint. With ``stage`` (``--stage prompts``) that stage must be finished: its
-    final checkpoint. Anything else is one FtclipError naming which stages are done and which are
-    not, and how to go on.
+    stage's checkpoint. With ``stage`` (``--stage prompts``) that stage must be finished: its
+    checkpoint. ``which``: ``last`` (the stage's final weights) or ``best``
+    (``checkpoints/<stage>/best.ckpt``, kept with ``stages.<stage>.monitor``); ``cfg``: the run's
+    config if already loaded. Anything else is one FtclipError naming which stages are done and
+    which are not, and how to go on.
     """
+    if which not in CHECKPOINT_CHOICES:
+        raise FtclipError(f"--checkpoint {which!r} is not one of {', '.join(CHECKPOINT_CHOICES)}")
     cfg = cfg if cfg is not None else run.load_config()
     names = list(cfg.stages)
     completed = set(run.completed_stages())
@@ -365,6 +369,13 @@ def select_checkpoint(run: RunDir, stage: str | None = None, cfg=None) -> tuple[
             raise FtclipError(f"stage '{stage}' of run {run.path} is not finished ({run.describe_stage(stage)}){others}. "
                               f"Finish it with `ftclip fit --resume {run.path}`")
         chosen = stage
+    if which == "best":
+        best = run.best_checkpoint(chosen)
+        if best is None:
+            raise FtclipError(f"stage '{chosen}' of run {run.path} kept no best checkpoint "
+                              f"({run.checkpoint_dir(chosen) / 'best.ckpt'} does not exist): it is kept when the "
+                              f"recipe sets stages.{chosen}.monitor; use --checkpoint last")
+        return chosen, best
     ckpt = run.last_checkpoint(chosen)
     if ckpt is None:
         raise FtclipError(f"stage '{chosen}' is marked finished in {run.state_path} but "
@@ -539,16 +550,18 @@ def load_weights(module, ckpt: Path, run: "RunDir | None" = None) -> None:
     apply_checkpoint(module, read_checkpoint(ckpt, run))
 
 
-def load_module_from_run(run: RunDir, stage: str | None = None):
-    """The trained module of a run and its config: the final weights of the finished run, or of the
-    finished ``stage`` asked for (:func:`select_checkpoint` decides; an unfinished run is refused).
+def load_module_from_run(run: RunDir, stage: str | None = None, checkpoint: str = "last", cfg=None):
+    """The trained module of a run and its config: the checkpoint :func:`select_checkpoint` picks
+    (default: the final weights of the finished run; ``stage``: of that finished stage; an
+    unfinished run is refused). ``cfg``: build the module with this config instead of the run's
+    own (``ftclip eval RUN eval.key=...``); the model comes from the checkpoint either way.
 
     Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
     backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
     holds all the weights.
     """
-    cfg = run.load_config()
-    _, ckpt = select_checkpoint(run, stage, cfg)
+    cfg = run.load_config() if cfg is None else cfg
+    _, ckpt = select_checkpoint(run, stage, cfg, which=checkpoint)
     state = read_checkpoint(ckpt, run)
     info = state.get("ftclip", {}).get("info")
     if info is None:

@@ -298,3 +298,20 @@ def retune(optimizer: torch.optim.Optimizer, scheduler, opt_cfg) -> list[str]:
     scheduler.base_lrs = bases
     scheduler._last_lr = [group["lr"] for group in groups]
     return changes
+def schedule_warnings(stages) -> list[str]:
+    """Warm-ups as long as their stage (printed as warnings before training): with ``warmup_epochs >=
+    epochs`` the stage ends inside its warm-up (the peak lr is never reached) or leaves it only for
+    its last epoch (epoch numbers ``t = epoch + first_epoch``, as :func:`lr_factor`)."""
+    warnings = []
+    for name, stage in stages.items():
+        schedule, epochs, lr = stage.schedule, int(stage.epochs), float(stage.optimizer.lr)
+        warmup = int(schedule.warmup_epochs)
+        if schedule.name == "constant" or warmup <= 0 or warmup < epochs:
+            continue
+        what = f"stages.{name}.schedule.warmup_epochs={warmup} >= stages.{name}.epochs={epochs}"
+        if epochs - 1 + int(schedule.first_epoch) < warmup:
+            warnings.append(f"{what}: the stage ends during its warm-up, so the peak lr {lr:g} is never reached")
+        else:
+            last = lr * lr_factor(schedule, lr, epochs, epochs - 1)
+            warnings.append(f"{what}: the warm-up fills the stage; only its last epoch runs after it (at lr {last:g})")
+    return warnings

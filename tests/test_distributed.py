@@ -65,6 +65,9 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_reid_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ftclip", "fit", RECIPE, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("run directory:", "[initial] mAP=", "stage 'image': training", "[image] epoch 1/1  loss",
+                 "[image] mAP=", "done:"):
+        assert proc.stdout.count(line) == 1, (line, proc.stdout[-3000:])  # printed once, by rank 0
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(ddp_metrics) == {"initial", "prompts", "image"}
 

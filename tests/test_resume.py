@@ -22,6 +22,7 @@ from ftclip.data.resume import ResumableDataLoader, SkippingBatchSampler
 from ftclip.data.samplers import PKBatchSampler
 from ftclip.errors import FtclipError
 from ftclip.runs import RunDir
+from ftclip.logs import read_history
 
 RECIPE = "recipes/demo/reid_synthetic.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,6 +181,8 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     assert "image" not in state["completed"] and state["stages"]["image"]["status"] == "running"  # killed: no word
     killed_state = _state(ckpt)
     ref = _state(ref_dir / "checkpoints" / "image" / "last.ckpt")
+    killed_seconds = killed_state["callbacks"]["StageHistory"]["seconds"]
+    assert killed_seconds > 0
     loader_state = killed_state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     # the P x K sampler's len() is an upper bound per epoch (an epoch may yield fewer batches)
     assert ref["global_step"] <= 2 * loader_state["total"]
@@ -209,3 +212,13 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
 
     strip = lambda m: {s: {k: v for k, v in d.items() if k != "train_seconds"} for s, d in json.loads(m).items()}  # noqa: E731
     assert strip(ref_m) == strip(got_m)
+
+    # the history survives the kill: each stage's log equals the uninterrupted run's, every row once
+    for stage in ("prompts", "image"):
+        ref_log = (ref_dir / "logs" / stage / "metrics.csv").read_text()
+        got_log = (run_dir / "logs" / stage / "metrics.csv").read_text()
+        assert got_log == ref_log, stage
+    epochs = [row for row in read_history(run_dir / "logs" / "image" / "metrics.csv") if "lr" in row]
+    assert [int(row["epoch"]) for row in epochs] == [0, 1]  # every epoch once
+    # train_seconds counts the part before the kill too (the first attempt ran for a while)
+    assert json.loads(got_m)["image"]["train_seconds"] >= killed_seconds

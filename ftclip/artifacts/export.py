@@ -353,21 +353,22 @@ def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
 
 
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False,
-               stage: str | None = None) -> Path:
-    """Export the final weights of the finished run ``run_dir`` (or of its finished ``stage``) in ``formats``
-    (``open_clip`` is always written; ``onnx`` adds ONNX encoders) to ``out`` (default ``<run_dir>/export``).
-    Returns ``out``. An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
+               stage: str | None = None, checkpoint: str = "last") -> Path:
+    """Export the final weights of the finished run ``run_dir`` (or of its finished ``stage``;
+    ``checkpoint="best"``: that stage's best checkpoint) in ``formats`` (``open_clip`` is always
+    written; ``onnx`` adds ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``.
+    An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
     formats = check_formats(formats)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
                           "give the folder `ftclip fit` made")
-    stage, checkpoint = select_checkpoint(run, stage)
+    stage, ckpt = select_checkpoint(run, stage, which=checkpoint)
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, run_dir)
 
-    module, cfg = load_module_from_run(run, stage)
+    module, cfg = load_module_from_run(run, stage, checkpoint)
     module = module.cpu().eval()
     backbone = module.backbone
     meta = dict(backbone.metadata())
@@ -456,8 +457,9 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "run_dir": str(run_dir.resolve()),
             "stage": stage,
             "run_finished": run.is_finished(cfg),
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha256_file(checkpoint),
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "module_info": dict(module.info),  # what the module's shape depends on (ftclip eval EXPORT rebuilds it)
             "recipe_hash": config_hash(cfg),
             "recipe": to_yaml(cfg),
             "metrics": metrics,

@@ -1,4 +1,4 @@
-"""``ftclip fit RECIPE [key=value ...]`` and ``ftclip fit --resume RUN_DIR [key=value ...]``."""
+"""``ftclip fit RECIPE [key=value ...] [--print-config | --dry-run]`` and ``ftclip fit --resume RUN_DIR [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -21,18 +21,54 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML file or bundled recipe name (see `ftclip recipes`)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.devices=2 data.root=/data/market")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--print-config", action="store_true",
+                      help="print the resolved recipe (YAML) and exit; nothing is read, built or written")
+    what.add_argument("--dry-run", action="store_true",
+                      help="check the recipe, parse the data, build the model, print what each stage trains, and exit "
+                           "without training or writing a run directory")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    # one process per run directory: a resume takes the lock before torch is even imported (seconds), so a
-    # second one is refused at once
-    lock = _lock_early(args.resume) if args.resume and _worker_rank() == 0 else None
-    try:
-        return _run(args, lock)
-    finally:
-        if lock is not None:
-            lock.release()
+    from ftclip.engine import is_main_process
+    from ftclip.recipe import load_recipe, to_yaml
+
+    if args.print_config or args.dry_run:
+        if args.resume:
+            from ftclip.runs import RunDir
+
+            cfg = RunDir.open(args.resume).load_config()
+        elif args.recipe:
+            cfg = load_recipe(args.recipe, list(args.overrides))
+        else:
+            raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+        else:
+            from ftclip.engine import dry_run
+
+            dry_run(cfg)
+        return 0
+    if args.resume:
+        overrides = _resume_overrides(args)
+        # one process per run directory: a resume takes the lock before torch is even imported (seconds), so a
+        # second one is refused at once
+        lock = _lock_early(args.resume) if _worker_rank() == 0 else None
+        try:
+            run_dir, metrics = fit_run(None, overrides, args.resume, lock=lock)
+        finally:
+            if lock is not None:
+                lock.release()
+    else:
+        run_dir, metrics = fit_run(args.recipe, list(args.overrides))
+    if metrics is None:  # --resume of a finished run: said so, nothing trained
+        return 0
+    if is_main_process() and run_dir.config_path.is_file():  # one run (seeds=[...] printed its summary)
+        print(json.dumps(metrics, indent=2))
+        print(f"report: {run_dir.path / 'report.html'}")
+        print(f"done: {run_dir.path}")
+    return 0
 
 
 def _lock_early(run_dir: str):
@@ -46,34 +82,43 @@ def _lock_early(run_dir: str):
     return RunLock(folder / LOCK_FILE).acquire("ftclip fit --resume")
 
 
-def _run(args, lock) -> int:
+def fit_run(recipe, overrides: list[str], resume=None, lock=None):
+    """Train (or resume) a run, export it (``run.export``) and write its report: ``(RunDir, metrics)``.
+    With ``resume``, ``overrides`` are the ``--resume key=value`` changes of unfinished stages'
+    optimizer and schedule; a finished run gives ``(RunDir, None)`` (nothing to do). With
+    ``seeds=[...]``: the folder holding ``seed<N>/`` and ``seeds.json``, and that summary. ``lock``: a
+    hold on the run directory already taken (else one is taken here). The one path of ``ftclip fit``
+    and ``ftclip.fit`` / ``ftclip.resume``."""
     from ftclip.io import atomic_write_text
     from ftclip.recipe import load_recipe, to_yaml
     from ftclip.runs import RunDir, resume_config
 
     created = False
-    overrides = _resume_overrides(args) if args.resume else []
-    if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or args.resume):
+    if _worker_rank() > 0 and (os.environ.get(RUN_DIR_ENV) or resume):
         # a DDP worker (started by Lightning re-running this command, or a resume under torchrun/SLURM)
-        run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or args.resume)
+        run_dir = RunDir(os.environ.get(RUN_DIR_ENV) or resume)
         cfg = run_dir.load_config()
-        if args.resume:
+        if resume:
             cfg, _ = resume_config(run_dir, cfg, overrides)  # what rank 0 applied (the same on every rank)
-    elif _worker_rank() > 0 and args.recipe:
+    elif _worker_rank() > 0 and recipe:
         # torchrun / srun start every rank with the same command: rank 0 creates run.dir, the others join it
-        cfg = load_recipe(args.recipe, list(args.overrides))
+        cfg = load_recipe(recipe, overrides)
         if not cfg.run.dir:
             raise FtclipError("several processes were launched (torchrun/srun): set run.dir so they share one run "
                               "directory, e.g. run.dir=runs/my_job")
         run_dir = RunDir(cfg.run.dir)
         _wait_for(run_dir.config_path)
         cfg = run_dir.load_config()
-    elif args.resume:
-        run_dir = RunDir.open(args.resume)
+    elif resume:
+        if recipe:
+            raise FtclipError("--resume takes the run directory (and key=value overrides), not a recipe: "
+                              "the run's own config.yaml is used")
+        run_dir = RunDir.open(resume)
         lock = lock or run_dir.lock("ftclip fit --resume")
         cfg = run_dir.load_config()
         if run_dir.is_finished(cfg):
-            return _finished(run_dir, cfg, overrides)
+            _finished(run_dir, cfg, overrides)
+            return run_dir, None
         cfg, changes = resume_config(run_dir, cfg, overrides)
         if changes:
             atomic_write_text(run_dir.config_path, to_yaml(cfg))
@@ -81,23 +126,22 @@ def _run(args, lock) -> int:
                   flush=True)
         run_dir.record_history("ftclip fit --resume", overrides, changes)
     else:
-        if not args.recipe:
+        if not recipe:
             raise FtclipError("give a recipe (`ftclip recipes` lists the bundled ones) or --resume RUN_DIR")
-        cfg = load_recipe(args.recipe, list(args.overrides))
+        cfg = load_recipe(recipe, overrides)
         if cfg.seeds:
-            return fit_seeds(cfg)
+            base, summary = fit_seeds(cfg)
+            return RunDir(base), summary
         run_dir = RunDir.create(cfg)
         created = True
         lock = run_dir.lock("ftclip fit")
-    metrics = _fit_run(cfg, run_dir, created, lock)
-    print(json.dumps(metrics, indent=2))
-    print(f"done: {run_dir.path}")
-    return 0
+    return run_dir, _fit_run(cfg, run_dir, created, lock)
 
 
 def _fit_run(cfg, run_dir, created: bool, lock=None) -> dict:
-    """Train ``cfg`` in ``run_dir`` (removed again if bad input stops it before any work), then export.
-    ``lock`` (rank 0's hold on the run directory) is released at the end."""
+    """Train ``cfg`` in ``run_dir`` (removed again if bad input stops it before any work), then export and
+    write ``report.html``. ``lock`` (rank 0's hold on the run directory) is released at the end."""
+    from ftclip.artifacts.report import write_report
     from ftclip.engine import fit, is_main_process
     from ftclip.interrupts import handle_signals
     from ftclip.lockfile import describe
@@ -119,8 +163,10 @@ def _fit_run(cfg, run_dir, created: bool, lock=None) -> dict:
                 elif is_main_process() and run_dir.started():
                     _say_resumable(exc, run_dir)
                 raise
-            if cfg.run.export and is_main_process():
-                _export(run_dir, cfg)
+            if is_main_process():
+                if cfg.run.export:
+                    _export(run_dir, cfg)
+                write_report(run_dir.path)
     except Interrupted as stop:
         stop.run = stop.run or str(run_dir.path)
         raise
@@ -134,10 +180,11 @@ def _fit_run(cfg, run_dir, created: bool, lock=None) -> dict:
     return metrics
 
 
-def fit_seeds(cfg) -> int:
+def fit_seeds(cfg):
     """``seeds=[1,2,3]``: one run per seed in ``<run dir>/seed<N>/`` (``seed`` set, everything else as given),
     then ``<run dir>/seeds.json``: per stage and metric the values, their mean and (population) std, as
-    Dassl's ``parse_test_res.py`` reports them. A run that stops can be finished with ``--resume <run dir>/seed<N>``."""
+    Dassl's ``parse_test_res.py`` reports them. A run that stops can be finished with ``--resume <run dir>/seed<N>``.
+    Returns ``(<run dir>, the summary)``."""
     import copy
     import datetime as dt
     from pathlib import Path
@@ -163,7 +210,7 @@ def fit_seeds(cfg) -> int:
         for key, stats in values.items():
             print(f"[{stage}] {key} = {stats['mean']:.4f} +- {stats['std']:.4f} over seeds {seeds}")
     print(f"done: {base} (seeds.json)")
-    return 0
+    return base, summary
 
 
 def _say_resumable(exc: BaseException, run_dir) -> None:

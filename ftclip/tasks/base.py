@@ -147,6 +147,7 @@ class StagedModule(L.LightningModule, ABC):
         self._unchecked_losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss): check_finite
         self._weight_scale: dict[str, float] | None = None  # max |w| per trainable tensor at the stage's start
         self._restored_scale: dict | None = None  # the same, as a resumed checkpoint recorded it
+        self.step_log: dict[str, torch.Tensor] = {}  # this step's train/* values, for the run's history
         lora_cfg = getattr(getattr(cfg, "strategies", None), "lora", None)
         if lora_cfg is not None and lora_cfg.enabled:
             from ftclip.strategies.lora import apply_lora
@@ -256,6 +257,12 @@ class StagedModule(L.LightningModule, ABC):
         out = values.new_empty((total, *values.shape[1:]))
         out[index] = values
         return out
+
+    def log(self, name: str, value, *args, **kwargs) -> None:
+        """Lightning's ``log``; a ``train/*`` value is also kept for the stage's history file (ftclip/logs.py)."""
+        if name.startswith("train/") and isinstance(value, (torch.Tensor, int, float)):
+            self.step_log[name] = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        super().log(name, value, *args, **kwargs)
 
     def loss_weight(self, name: str, default: float = 0.0) -> float:
         return float(self.stage_cfg.losses.get(name, default))
@@ -385,6 +392,12 @@ class StagedModule(L.LightningModule, ABC):
     def model_card(self, meta: dict) -> str:
         """The task's section of the export's model card (markdown; may be empty)."""
         return ""
+
+    def load_export_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The inverse of :meth:`export_tensors`: put an export's task tensors back into this module
+        (``ftclip eval EXPORT`` evaluates an export through the module's own validation)."""
+        raise FtclipError(f"task '{self.cfg.task}' cannot evaluate an export (its module does not implement "
+                          "load_export_tensors); evaluate the run directory instead: ftclip eval RUN_DIR")
 
     def on_stage_end(self, run, stage: str) -> None:
         """After each evaluation is recorded in the run directory (rank 0 only), e.g. task plots."""
