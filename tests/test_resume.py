@@ -48,7 +48,7 @@ def test_skipping_batch_sampler_resumes_inside_an_epoch():
     wrapped = SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3))
     loader = ResumableDataLoader(list(range(32)), wrapped, progress=lambda: (2, 2, False))
     state = loader.state_dict()
-    assert state == {"epoch": 2, "done": 2, "finished": False, "total": len(wrapped)}
+    assert state == {"epoch": 2, "done": 2, "finished": False, "total": wrapped.max_batches()}
     fresh = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3)),
                                 progress=lambda: (0, 0, False))
     fresh.load_state_dict(state)  # Lightning calls this before creating the iterator

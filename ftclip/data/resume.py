@@ -60,7 +60,13 @@ class SkippingBatchSampler(Sampler):
                 yield batch
 
     def __len__(self) -> int:
+        """The inner sampler's; a TypeError for one without (a P x K sampler), so the loader has none either."""
         return len(self.inner)
+
+    def max_batches(self) -> int:
+        """Batches per epoch: the inner sampler's ``len()``, or its upper bound when it has none."""
+        bound = getattr(self.inner, "max_batches", None)
+        return int(bound()) if bound is not None else len(self.inner)
 
 
 class ResumableDataLoader(DataLoader):
@@ -73,14 +79,14 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         epoch, done, finished = self._progress()
-        return {"epoch": int(epoch), "done": int(done), "finished": bool(finished), "total": len(self.batch_sampler)}
+        return {"epoch": int(epoch), "done": int(done), "finished": bool(finished), "total": self.batch_sampler.max_batches()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done, total = int(state["epoch"]), int(state["done"]), int(state["total"])
-        if total != len(self.batch_sampler):
+        if total != self.batch_sampler.max_batches():
             raise FtclipError(
                 f"cannot resume: the checkpoint was written with {total} training batches per epoch, this loader has "
-                f"{len(self.batch_sampler)}: the data or the batch size changed since the run started; put them back "
+                f"{self.batch_sampler.max_batches()}: the data or the batch size changed since the run started; put them back "
                 "as they were (the batch sizes in RUN_DIR/config.yaml, the data set's files), or delete the stage's "
                 "last.ckpt to train that stage again from its beginning"
             )
@@ -94,7 +100,7 @@ def trainer_progress(owner) -> Callable[[], tuple[int, int, bool]]:
     """``() -> (epoch, batches finished in it, epoch finished)`` from ``owner.trainer``.
 
     ``owner`` is a LightningDataModule. "Finished" is Lightning's own end-of-data flag, so an
-    epoch that yields fewer batches than ``len()`` (a P x K sampler can) is still recognised.
+    epoch that yields fewer batches than its bound (a P x K sampler's can) is still recognised.
     """
 
     def progress() -> tuple[int, int, bool]:

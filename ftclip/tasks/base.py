@@ -18,6 +18,7 @@ a message naming the part (see :meth:`Task.__init_subclass__`).
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -230,9 +231,23 @@ class StagedModule(L.LightningModule, ABC):
             return None
         optimizer = build_optimizer(trainable, stage.optimizer)
         interval = str(stage.schedule.interval)
-        length = int(self.trainer.estimated_stepping_batches) if interval == "step" else int(stage.epochs)
+        length = self.stage_steps() if interval == "step" else int(stage.epochs)
         scheduler = build_scheduler(optimizer, stage.schedule, length)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def stage_steps(self) -> int:
+        """Optimizer steps of the stage, for per-step schedules: Lightning's estimate, or -- for a loader without
+        ``len()`` (P x K epochs vary in length) and no ``max_steps`` -- the epochs times the loader's upper
+        bound of batches per epoch (the schedule may then end a little before its last value)."""
+        steps = self.trainer.estimated_stepping_batches  # max_steps (-1: none) for a loader without len()
+        if math.isfinite(steps) and steps > 0:
+            return int(steps)
+        bound = getattr(getattr(self.trainer.train_dataloader, "batch_sampler", None), "max_batches", None)
+        if bound is None:
+            raise ConfigError(f"stages.{self.stage_name}.schedule.interval=step needs the stage's number of steps: "
+                              f"set stages.{self.stage_name}.max_steps")
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        return max(1, int(bound()) * int(self.stage_cfg.epochs) // accumulate)
 
     # ------------------------------------------------------------------ helpers
     def gather_by_index(self, values: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
