@@ -30,6 +30,7 @@ class SkippingBatchSampler(Sampler):
     def __init__(self, inner):
         self.inner = inner
         self._skip: tuple[int, int] | None = None  # (epoch, batches to skip in it)
+        self.iterated_epoch: int | None = None  # the epoch of the latest iteration (what the loop's count is of)
 
     @property
     def epoch(self) -> int:
@@ -55,6 +56,7 @@ class SkippingBatchSampler(Sampler):
     def __iter__(self):
         pending, self._skip = self._skip, None
         skip = pending[1] if pending is not None and pending[0] == self.epoch else 0
+        self.iterated_epoch = self.epoch
         for i, batch in enumerate(self.inner):
             if i >= skip:
                 yield batch
@@ -79,6 +81,10 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         epoch, done, finished = self._progress()
+        if self.batch_sampler.iterated_epoch is not None:
+            # the batch counts are of the epoch last iterated; Lightning's epoch counter has moved past it when
+            # the checkpoint is written after the epoch ended (the engine's final save after a max_steps stop)
+            epoch = self.batch_sampler.iterated_epoch
         return {"epoch": int(epoch), "done": int(done), "finished": bool(finished), "total": self.batch_sampler.max_batches()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -123,4 +129,11 @@ def resumable_loader(owner, dataset, *, batch_sampler=None, sampler=None, batch_
         if sampler is None:
             raise ValueError("resumable_loader needs a batch_sampler or a sampler")
         batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
-    return ResumableDataLoader(dataset, SkippingBatchSampler(batch_sampler), trainer_progress(owner), **kwargs)
+    skipping = SkippingBatchSampler(batch_sampler)
+    trainer = getattr(owner, "trainer", None)
+    if trainer is not None:
+        # Lightning fetches one batch ahead from a loader without len() (a P x K one) when it sets the loader
+        # up, before it calls set_epoch: start at the epoch it is about to train (after a resume from an epoch's
+        # end that is not 0, and Lightning then loads no loader state; a mid-epoch one is loaded before that)
+        skipping.set_epoch(int(trainer.current_epoch))
+    return ResumableDataLoader(dataset, skipping, trainer_progress(owner), **kwargs)
