@@ -241,8 +241,9 @@ def build_trainer(cfg, run: RunDir | None, stage: str | None, stage_cfg=None, hi
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     callbacks.append(ApplyStageSettings(stage))
     callbacks.append(StopAtStepEnd(stage, ckpt_dir / "last.ckpt"))
-    if t.limit_train_batches is not None:
-        kwargs["limit_train_batches"] = t.limit_train_batches
+    if t.limit_train_batches is not None:  # a whole number above 1 is a batch count (Lightning wants an int)
+        limit = float(t.limit_train_batches)
+        kwargs["limit_train_batches"] = int(limit) if limit > 1 and limit.is_integer() else limit
     return L.Trainer(
         max_epochs=int(stage_cfg.epochs), max_steps=0 if closed_form else int(stage_cfg.max_steps),
         logger=loggers or False,

@@ -22,13 +22,13 @@ module, which never imports the training engine.
      "stages": {"prompts": {"status": "finished", "epoch": 2, "step": 8, "time": "..."},
                 "image": {"status": "interrupted", "epoch": 1, "step": 5, "signal": "SIGTERM", "time": "..."}},
      "interruptions": [{"stage": "image", "epoch": 1, "step": 5, "signal": "SIGTERM", "time": "..."}],
-     "history": [{"command": "fit --resume", "time": "...", "pid": 4242, "host": "node1",
+     "history": [{"command": "ftclip fit --resume", "time": "...", "pid": 4242, "host": "node1",
                   "overrides": ["stages.image.optimizer.lr=1e-05"],
                   "changes": {"stages.image.optimizer.lr": [0.001, 1e-05]}}]}
 
 A stage's ``status`` is ``running`` (a process trains it; after a crash it stays so), ``interrupted``
-(a signal stopped it after writing the step's checkpoint), ``failed`` (``reason``: diverged, disk
-full, error) or ``finished``. A run is finished when every stage of its config is in ``completed``;
+(a signal stopped it after writing the step's checkpoint), ``failed`` (``reason``: diverged or disk
+full; another error leaves it ``running``) or ``finished``. A run is finished when every stage of its config is in ``completed``;
 :func:`select_checkpoint` is the one rule that commands reading a run (export, embed, score,
 predict, eval) go through. Other sections (e.g. ``hashes``) are kept as they are.
 """
@@ -231,7 +231,7 @@ class RunDir:
         self.update_state(change)
 
     def record_history(self, command: str, overrides: list[str] | None = None, changes: dict | None = None) -> None:
-        """One entry per ``ftclip fit`` / ``--resume`` of this run: who, when, and what it changed."""
+        """One entry per ``ftclip fit --resume`` of this run: who, when, and what it changed."""
         def change(state: dict) -> None:
             entry = {"command": command, "time": _now(), "pid": os.getpid(), "host": socket.gethostname()}
             if overrides:
