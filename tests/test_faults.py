@@ -250,9 +250,12 @@ def test_a_lower_lr_on_resume_replaces_the_restored_optimizer_settings_mid_stage
     schedule, epochs = cfg.stages.image.schedule, int(cfg.stages.image.epochs)
     with open(copy / "logs" / "image" / "metrics.csv", newline="") as fh:  # the history: group 0's lr per epoch
         logged = {int(row["epoch"]): float(row["lr"]) for row in csv.DictReader(fh) if row.get("lr")}
-    resumed = {e: lr for e, lr in logged.items() if e >= epoch}  # the interrupted epoch restarts with the new lr
+    resumed = {e: lr for e, lr in logged.items() if e > epoch}
     assert resumed and all(lr == 1e-3 * lr_factor(schedule, 1e-3, epochs, e)  # rows before it: as trained
                            for e, lr in logged.items() if e < epoch)
+    # the interrupted epoch trained at both: its row keeps the lr it started with (a mid-epoch resume does not
+    # start the epoch again), its remaining steps ran at the new one (the retune line above)
+    assert logged[epoch] in (1e-3 * lr_factor(schedule, 1e-3, epochs, epoch), 1e-4 * lr_factor(schedule, 1e-4, epochs, epoch))
     for e, base in resumed.items():  # the new lr, at the schedule's position
         assert base == 1e-4 * lr_factor(schedule, 1e-4, epochs, e), e
     final = _ckpt(copy / "checkpoints" / "image" / "last.ckpt")
