@@ -83,11 +83,12 @@ def fit(recipe: str | Path, overrides: list[str] | None = None) -> Run:
     return Run(Path(run_dir.path))
 
 
-def resume(run_dir: str | Path) -> Run:
-    """``ftclip fit --resume RUN_DIR``: continue an interrupted run."""
+def resume(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
+    """``ftclip fit --resume RUN_DIR [key=value ...]``: continue an interrupted run (``overrides``: the
+    optimizer and schedule of stages not finished yet, as on the command line); a finished run is left as it is."""
     from ftclip.commands.fit import fit_run
 
-    done, _ = fit_run(None, [], str(run_dir))
+    done, _ = fit_run(None, list(overrides or []), str(run_dir))
     return Run(Path(done.path))
 
 

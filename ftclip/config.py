@@ -145,6 +145,9 @@ class TrainerConfig:
     log_every_n_steps: int = within(POSITIVE_INT, 10)
     gradient_clip_val: Optional[float] = within(NON_NEGATIVE, None)
     ckpt_every_n_steps: int = within(NON_NEGATIVE_INT, 0)  # 0: checkpoint at every epoch end only
+    # divergence: a trainable tensor whose max |w| exceeds this many times its value at the stage's start
+    # (taken as at least 1) is not written to a checkpoint and stops training; 0: off (NaN/inf always stop)
+    max_weight_growth: float = within(NON_NEGATIVE, 1000.0)
     compile: bool = False  # torch.compile the image encoder
     enable_progress_bar: bool = True
     # a fraction of the batches in (0, 1], or a number of batches

@@ -195,7 +195,8 @@ class StageHistory(Callback):
         self._sums, self._count, self._last_val = {}, 0, {}
 
     def _warn_short_epoch(self, trainer) -> None:
-        """Once per stage: an epoch that ended before the loader's ``len()`` (a P x K epoch may). Lightning
+        """Once per stage: an epoch of a sized loader that ended before its ``len()`` (P x K loaders have no
+        ``len()``, so Lightning knows their last batch and this never fires for them). Lightning
         2.6 then skips that epoch's step of the lr schedule and its validation (both wait for ``len()``
         batches), so the schedule and ``eval_every`` silently stop advancing."""
         expected = getattr(trainer, "num_training_batches", float("inf"))

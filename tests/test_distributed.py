@@ -21,12 +21,13 @@ RECIPE = "recipes/demo/reid_synthetic.yaml"
 def test_pk_sampler_ranks_get_whole_identities_and_no_shared_image(world):
     pids = [i // 6 for i in range(6 * 20)] + [20, 21, 21]  # 20 ids x 6 images, one with 1, one with 2
     for epoch in range(3):
-        per_rank = []
+        per_rank, steps = [], []
         for rank in range(world):
             sampler = PKBatchSampler(pids, batch_size=8, num_instances=4, seed=1, rank=rank, world_size=world)
             sampler.set_epoch(epoch)
             batches = list(sampler)
-            assert len(batches) == len(sampler) > 0  # every rank takes the same number of steps
+            assert 0 < len(batches) <= sampler.max_batches()
+            steps.append(len(batches))
             indices = []
             for batch in batches:
                 idx = [i for i, _ in batch]
@@ -36,6 +37,7 @@ def test_pk_sampler_ranks_get_whole_identities_and_no_shared_image(world):
                 assert len({pids[g[0]] for g in groups}) == 2  # P distinct identities
                 indices += idx
             per_rank.append(indices)
+        assert len(set(steps)) == 1  # every rank takes the same number of steps in the epoch
         for a in range(world):
             for b in range(a + 1, world):
                 shared = set(per_rank[a]) & set(per_rank[b])

@@ -79,7 +79,7 @@ def test_eval_refusals_are_one_line(tiny_trained_run, tmp_path, capsys):
         ([str(run.dir), "model.name=ViT-B-16"], "overrides only data.*, eval.*, trainer.* keys"),
         ([str(run.dir), RECIPE], "is evaluated with its own recipe"),
         ([str(run.dir), "--stage", "prompts", "--checkpoint", "best"], "kept no best checkpoint"),
-        ([str(run.dir), "--stage", "nope"], "is not a stage of run"),
+        ([str(run.dir), "--stage", "nope"], "has no stage 'nope'; its stages: prompts, image"),
         ([str(run.dir / "export"), "--stage", "image"], "choose a run's checkpoint"),
         ([str(tmp_path)], "is neither an ftclip run directory"),
     ]

@@ -35,8 +35,8 @@ from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CA
                                      OPEN_CLIP_WEIGHTS, TENSOR_FILES, TEXT_ONNX)
 from ftclip.artifacts.manifest import file_hashes, files_in, is_export, read_manifest, written_files
 from ftclip.config import EXPORT_FORMATS, check_interpolation
-from ftclip.errors import FtclipError
-from ftclip.io import replace_dir, sha256_file
+from ftclip.errors import DiskFullError, FtclipError
+from ftclip.io import disk_full_cause, free_bytes, human_bytes, replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
 from ftclip.runs import RunDir, is_run_dir, load_module_from_run, select_checkpoint
 
@@ -353,17 +353,18 @@ def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
 
 
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False,
-               checkpoint: str = "last") -> Path:
-    """Export the final weights of ``run_dir`` (``checkpoint="best"``: its last stage's best checkpoint) in
-    ``formats`` (``open_clip`` is always written; ``onnx`` adds ONNX encoders) to ``out`` (default
-    ``<run_dir>/export``). Returns ``out``."""
+               stage: str | None = None, checkpoint: str = "last") -> Path:
+    """Export the final weights of the finished run ``run_dir`` (or of its finished ``stage``;
+    ``checkpoint="best"``: that stage's best checkpoint) in ``formats`` (``open_clip`` is always
+    written; ``onnx`` adds ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``.
+    An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
     formats = check_formats(formats)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
                           "give the folder `ftclip fit` made")
-    stage, ckpt = select_checkpoint(run, None, which=checkpoint)
+    stage, ckpt = select_checkpoint(run, stage, which=checkpoint)
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, run_dir)
 
@@ -398,8 +399,9 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         raise FtclipError(f"the model still holds LoRA adapter weights ({leftover[0]}, ...) after merging; "
                           "cannot write a stock open_clip checkpoint")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-unmade"
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         _save_tensors(tmp / OPEN_CLIP_WEIGHTS, backbone.model.state_dict(), {"format": "pt"})
         (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(open_clip_config(backbone), indent=2) + "\n", encoding="utf-8")
 
@@ -453,14 +455,15 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "lora_merged": lora_merged,
             "formats": formats,
             "run_dir": str(run_dir.resolve()),
+            "stage": stage,
+            "run_finished": run.is_finished(cfg),
             "checkpoint": str(ckpt),
             "checkpoint_sha256": sha256_file(ckpt),
-            "stage": stage,
             "module_info": dict(module.info),  # what the module's shape depends on (ftclip eval EXPORT rebuilds it)
             "recipe_hash": config_hash(cfg),
             "recipe": to_yaml(cfg),
             "metrics": metrics,
-            "final_metrics": metrics.get(next(reversed(metrics), ""), {}) if metrics else {},
+            "final_metrics": metrics.get(stage, {}),
             "versions": _versions(),
             "verification": verification,
             "files": files,
@@ -479,6 +482,14 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         os.chmod(tmp, 0o777 & ~mask)
         check_out(out, overwrite, run_dir)  # again: the folder may have changed while we worked
         replace_dir(tmp, out)
+    except BaseException as exc:
+        if disk_full_cause(exc) is None or isinstance(exc, DiskFullError):
+            raise
+        size = sum(v.numel() * v.element_size() for v in backbone.model.state_dict().values())
+        raise DiskFullError(
+            f"no space left on the device writing the export {out} ({human_bytes(free_bytes(out.parent))} free; the "
+            f"export needs about {human_bytes(size)}, more with onnx): nothing was written to {out} and the run is "
+            f"unchanged; free space, then `ftclip export {run_dir}`", str(out)) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

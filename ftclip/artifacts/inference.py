@@ -17,8 +17,10 @@ Every inference command (``ftclip embed``, ``ftclip score``, ...) goes through h
 the projection (ViTs); ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
 L2-normalised (``normalize=False`` for raw features).
 
-A run directory is loaded through :func:`ftclip.runs.load_module_from_run` (its last completed
-stage; LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
+A run directory is loaded through :func:`ftclip.runs.load_module_from_run`: a finished run's final
+weights, or those of the finished stage named by ``stage=`` (``--stage``); an unfinished run is
+refused by :func:`ftclip.runs.select_checkpoint`, the one rule every command reading a run follows
+(LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
 open_clip (``create_model('local-dir:<export>')``), as a user without ftclip would. Both go through
 :class:`ImageEncoder`, and the task's own heads (``Task.score``, ``Task.predict``) read the same
 tensors an export stores, so a run and its export give the same results (the export is verified
@@ -50,7 +52,7 @@ from ftclip.artifacts.manifest import read_manifest, verify_export
 from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
-from ftclip.runs import RunDir, load_module_from_run, note_once
+from ftclip.runs import RunDir, load_module_from_run, note_once, select_checkpoint
 from ftclip.tasks import get_task
 
 
@@ -279,22 +281,35 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = "au
     :class:`InferenceModel`."""
     path = Path(path)
     kind = path_kind(path)
+    if kind == "export" and (stage is not None or checkpoint != "last"):
+        asked = f"--stage {stage}" if stage is not None else f"--checkpoint {checkpoint}"
+        raise FtclipError(f"{asked} applies to run directories; {path} is an export (one set of weights, of stage "
+                          f"'{_export_stage(path)}'): give the run directory to choose a stage or checkpoint")
+    chosen = None
+    if kind == "run":  # refuses an unfinished run before any model is built
+        chosen, _ = select_checkpoint(RunDir(path), stage, which=checkpoint)
     dev = _pick_device(device)
     if kind == "export":
-        if stage is not None or checkpoint != "last":
-            raise FtclipError(f"{path} is an export (one set of weights); a stage or checkpoint is chosen for runs only")
         meta = read_export_meta(path)
         model = load_open_clip_export(path, dev)
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    module, cfg = load_module_from_run(RunDir(path), stage, checkpoint)
+    module, cfg = load_module_from_run(RunDir(path), chosen, checkpoint)
     module = module.to(dev).eval()
     meta = dict(module.backbone.metadata())
     meta["task"] = str(cfg.task)
+    meta["stage"] = chosen
     meta.update(module.export_info())
     return InferenceModel(model=module.backbone.model, meta=meta, device=dev, source="run", path=path,
                           module=module)
+
+
+def _export_stage(path: Path) -> str:
+    try:
+        return str(read_manifest(path).get("stage", "the last stage"))
+    except FtclipError:
+        return "the last stage"
 
 
 # ---------------------------------------------------------------------------------------- inputs

@@ -15,8 +15,10 @@ def register(sub) -> None:
                    help="open_clip (always written) and/or onnx (default: open_clip)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--stage", metavar="STAGE",
+                   help="use the weights of this finished stage of the run (default: the finished run's last stage; an unfinished run is refused)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="last: the final weights (default); best: the best evaluation of the last stage "
+                   help="last: the stage's final weights (default); best: its best evaluation "
                         "(kept with stages.<stage>.monitor)")
     p.set_defaults(func=run)
 
@@ -31,7 +33,7 @@ def run(args) -> int:
 
     check_formats(args.formats)
     out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite,
-                     checkpoint=args.checkpoint)
+                     stage=args.stage, checkpoint=args.checkpoint)
     if out.resolve() == (Path(args.run_dir) / "export").resolve():
         write_report(args.run_dir)  # the report shows how to load the run's own export
     meta = json.loads((out / EXPORT_META).read_text(encoding="utf-8"))
@@ -39,7 +41,8 @@ def run(args) -> int:
     print(f"verified: reloaded with plain open_clip, encode_image max abs diff {ver['encode_image_max_abs_diff']:.3g}"
           + "".join(f"; {name} (onnxruntime) max abs diff {max(entry['max_abs_diff'].values()):.3g}"
                     for name, entry in ver.get("onnx", {}).items()))
-    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}, {meta['checkpoint']}) to {out}")
+    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}, stage {meta['stage']}, "
+          f"{meta['checkpoint']}) to {out}")
     print(f"load it:  import open_clip; model, _, preprocess = "
           f"open_clip.create_model_and_transforms('local-dir:{out.resolve()}')")
     return 0
