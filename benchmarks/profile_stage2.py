@@ -6,7 +6,7 @@
 
 Builds ``recipes/demo/reid_synthetic.yaml`` (plus overrides) through ``ftclip.engine.prepare``, applies
 the engine's CPU thread setting, then runs ``Trainer.fit`` of stage ``image`` for EPOCHS epochs with the
-Trainer ``ftclip.engine.build_trainer`` makes (per-epoch atomic checkpoint, CSV logger, LR monitor) under
+Trainer ``ftclip.engine.build_trainer`` makes (per-epoch atomic checkpoint, the stage history) under
 cProfile, in a temporary run directory. Prints wall and main-process CPU time, the top of the
 cumulative profile, and the entries for data waiting, checkpoint I/O and loader start-up.
 """
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
         cfg = load_recipe(REPO / "recipes" / "demo" / "reid_synthetic.yaml",
                           [f"stages.image.epochs={epochs}", f"run.dir={tmp}/run"] + overrides)
         engine._quiet_lightning()
-        engine._cpu_threads(cfg)
+        engine.set_cpu_threads(cfg)
         module, datamodule = engine.prepare(cfg)
         run = RunDir.create(cfg)
         stage = cfg.stages.image

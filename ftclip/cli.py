@@ -1,7 +1,9 @@
 """``ftclip`` command line. Each command lives in ``ftclip/commands/<name>.py`` and exposes
 ``register(subparsers)``; it sets ``func(args) -> int`` on its parser.
 
-User mistakes (:class:`FtclipError`) print one line and exit with status 2.
+User mistakes (:class:`FtclipError`) print one line and exit with status 2. A run stopped by a
+signal (:class:`Interrupted`) prints where it resumes and exits with 128 + the signal number
+(SIGTERM 143, SIGINT 130).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import sys
 
 from ftclip.version import __version__
-from ftclip.errors import FtclipError
+from ftclip.errors import FtclipError, Interrupted
 
 COMMANDS = [
     "ftclip.commands.fit",
+    "ftclip.commands.eval",
     "ftclip.commands.data",
     "ftclip.commands.recipes",
     "ftclip.commands.score",
@@ -44,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except FtclipError as exc:
         print(f"ftclip: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ftclip: interrupted; resume with `ftclip fit --resume RUN_DIR`", file=sys.stderr)
+    except Interrupted as stop:
+        if stop.main:  # under DDP every rank stops; one says so
+            print(stop.line(), file=sys.stderr, flush=True)
+        return stop.exit_code
+    except KeyboardInterrupt:  # outside `ftclip fit` (which handles SIGINT itself)
+        print(f"ftclip {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

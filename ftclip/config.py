@@ -29,6 +29,10 @@ INTERPOLATIONS = ("bicubic", "bilinear")  # PIL resize kernels open_clip's prepr
 LORA_ENCODERS = ("image", "text")
 LORA_TARGETS = ("attn", "qkv", "mlp")  # q, k, v and out / q, k, v only (CLIP-LoRA) / the MLP
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")  # trainer.logger (ftclip/logs.py builds them)
+#: stages.<s>.epochs; 0 is what users write to mean "evaluate only", so the message says how
+EPOCHS = Interval(1, integer=True)
+EPOCHS.text += " (to evaluate without training, use `ftclip eval RECIPE` or `ftclip eval RUN_DIR`)"
 #: Lightning 2.6's precision names (tests/test_domains.py compares them with Lightning's own list)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
               "transformer-engine-float16", "32", "16", "bf16", "64")
@@ -107,13 +111,21 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop a stage when ``monitor`` has not improved for ``patience`` evaluations (Lightning EarlyStopping)."""
+
+    patience: int = within(POSITIVE_INT, 3)  # evaluations without improvement (eval_every epochs apart)
+    min_delta: float = within(NON_NEGATIVE, 0.0)  # smallest change that counts as an improvement
+
+
+@dataclass
 class StageConfig:
     """One stage: what it trains (everything else frozen), how, and for how long."""
 
     kind: str = MISSING  # the task's objective for this stage (reid: prompts|image; iqa: qualiclip|mos)
     # parameter groups to train, e.g. [prompts] or [image, head]; empty for a task's closed-form kinds (recipe.py)
     train: List[str] = within(Each(NAME), factory=list)
-    epochs: int = within(POSITIVE_INT, 1)
+    epochs: int = within(EPOCHS, 1)
     batch_size: Optional[int] = within(POSITIVE_INT, None)  # None: data.batch_size
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -121,6 +133,10 @@ class StageConfig:
     losses: Dict[str, float] = within(Each(NON_NEGATIVE, mapping=True), factory=dict)
     eval_every: Optional[int] = within(NON_NEGATIVE_INT, None)  # epochs between evaluations; None: eval.every
     max_steps: int = within(OneOf(-1) | POSITIVE_INT, -1)  # cap on optimizer steps (smoke runs); -1: no cap
+    # a metric the task logs as val/<name> (mAP, synthetic/srcc, accuracy, ...): keeps checkpoints/<stage>/best.ckpt
+    monitor: Optional[str] = within(NAME, None)
+    monitor_mode: str = within(OneOf("max", "min"), "max")  # which direction of `monitor` is better
+    early_stopping: Optional[EarlyStoppingConfig] = None  # needs `monitor`, e.g. {patience: 5}
 
 
 @dataclass
@@ -137,11 +153,16 @@ class TrainerConfig:
     log_every_n_steps: int = within(POSITIVE_INT, 10)
     gradient_clip_val: Optional[float] = within(NON_NEGATIVE, None)
     ckpt_every_n_steps: int = within(NON_NEGATIVE_INT, 0)  # 0: checkpoint at every epoch end only
+    # divergence: a trainable tensor whose max |w| exceeds this many times its value at the stage's start
+    # (taken as at least 1) is not written to a checkpoint and stops training; 0: off (NaN/inf always stop)
+    max_weight_growth: float = within(NON_NEGATIVE, 1000.0)
     compile: bool = False  # torch.compile the image encoder
     enable_progress_bar: bool = True
     # a fraction of the batches in (0, 1], or a number of batches
     limit_train_batches: Optional[float] = within(Interval(0, 1, low_open=True) | POSITIVE_INT, None)
     num_sanity_val_steps: int = within(OneOf(-1) | NON_NEGATIVE_INT, 0)
+    # csv (always written: plots, report and resume read it), tensorboard, wandb (offline), mlflow; or a list
+    logger: Any = within(OneOf(*LOGGERS) | Each(OneOf(*LOGGERS), min_length=1), "csv")
 
 
 EXPORT_FORMATS = ("open_clip", "onnx", "hf")  # ftclip/artifacts/export.py; open_clip is always written
@@ -168,6 +189,7 @@ class EvalConfig:
     every: int = within(NON_NEGATIVE_INT, 0)  # epochs between evaluations during a stage; 0: only at the end of each stage
     before: bool = True  # evaluate the untrained model first (zero-shot baseline)
     batch_size: int = within(POSITIVE_INT, 256)
+    plots: bool = True  # the task's plots of each evaluation into plots/ (re-ID rank list + CMC, IQA scatter + grid)
 
 
 @dataclass

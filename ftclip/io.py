@@ -3,6 +3,8 @@
 A crash leaves either the old file or the new one, never a truncated file a resume would trust.
 Also: SHA-256 of files (recorded when a checkpoint or export is written, verified on every read),
 an atomic swap of folders, and the checks of an output path before any work.
+A full disk (``ENOSPC``, or a quota: ``EDQUOT``) during a write is one :class:`DiskFullError`
+naming the file and the free space; the temporary file is removed, the old file stays.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ftclip.errors import FtclipError
+from ftclip.errors import DiskFullError, FtclipError
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -29,21 +33,56 @@ def _umask() -> int:
     return mask
 
 
+def disk_full_cause(exc: BaseException | None) -> BaseException | None:
+    """The ``DiskFullError`` or ``OSError(ENOSPC/EDQUOT)`` in ``exc``'s chain (``torch.save`` wraps the
+    OSError in a RuntimeError), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
+            return exc
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return exc  # libraries that report the OS error in words only (safetensors: "... (os error 28)")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes (for this user) on the file system holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: give the mode open() would
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if not isinstance(exc, DiskFullError) and disk_full_cause(exc) is not None:
+            raise DiskFullError(
+                f"no space left on the device writing {path} ({human_bytes(free_bytes(path.parent))} free); "
+                "the file was not changed (nothing half-written is kept): free space, then retry",
+                str(path)) from exc
         raise
     return path
 
@@ -85,11 +124,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     new file is complete but before it replaces the old one, and ``record(path, sha256, True)`` once
     it is in place -- so the record (the run's ``state.json``) names the file on disk whenever a
     crash strikes. A removed checkpoint is reported as ``record(path, None, True)``.
+    ``on_saved(checkpoint, path)``, if given, is called after each checkpoint is in place.
     """
 
-    def __init__(self, record: HashRecord | None = None):
+    def __init__(self, record: HashRecord | None = None, on_saved: Callable[[dict, Path], None] | None = None):
         super().__init__()
         self.record = record
+        self.on_saved = on_saved
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
@@ -97,7 +138,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         def write(tmp: str) -> None:
             nonlocal digest
-            torch.save(checkpoint, tmp)
+            with open(tmp, "wb") as fh:  # a Python file: a full disk surfaces as OSError(ENOSPC) in the chain
+                torch.save(checkpoint, fh)
             digest = sha256_file(tmp)
             if self.record is not None:
                 self.record(path, digest, False)
@@ -105,6 +147,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, write)
         if self.record is not None:
             self.record(path, digest, True)
+        if self.on_saved is not None:
+            self.on_saved(checkpoint, path)
 
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)

@@ -150,7 +150,8 @@ def validate(raw: DictConfig, source: str) -> DictConfig:
             f"overrides, e.g. {missing[0]}=..."
         )
     if not cfg.stages:
-        raise ConfigError(f"{source}: the recipe declares no stages")
+        raise ConfigError(f"{source}: the recipe declares no stages; to evaluate a model without training, "
+                          "use `ftclip eval RECIPE` (e.g. with model.pretrained=...)")
     try:
         OmegaConf.to_container(cfg, resolve=True)  # every ${...} resolves (a task resolver's error names its key)
     except OmegaConfBaseException as exc:
@@ -174,14 +175,46 @@ def _check_stage_groups(cfg: DictConfig, task, source: str) -> None:
                               f"parameter groups a '{stage.kind}' stage trains, e.g. [image])")
 
 
+def _merge_overrides(raw: DictConfig, overrides: list[str]) -> DictConfig:
+    """``raw`` with ``overrides`` on top, in order; ``key={}`` empties the key's mapping (``stages={}``
+    drops the recipe's stages, so later overrides can declare others) instead of merging nothing."""
+    merged = raw
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if value.strip().replace(" ", "") == "{}":
+            OmegaConf.update(merged, key.strip(), {}, merge=False, force_add=True)
+        else:
+            merged = OmegaConf.merge(merged, parse_overrides([item]))
+    return merged
+
+
 def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
     """Recipe file (or bundled name) + overrides -> validated config."""
     path = resolve_recipe_path(recipe)
     raw = _compose(path, configs_dir_for(path))
     if overrides:
-        raw = OmegaConf.merge(raw, parse_overrides(overrides))
+        raw = _merge_overrides(raw, overrides)
     source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     return validate(raw, source)
+
+
+def with_overrides(cfg: DictConfig, overrides: list[str], source: str) -> DictConfig:
+    """A resolved config (a run's, an export's recipe) with ``overrides`` on top, validated again."""
+    raw = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if overrides:
+        raw = _merge_overrides(raw, overrides)
+    return validate(raw, source + (f" (with overrides {' '.join(overrides)})" if overrides else ""))
+
+
+def config_from_text(text: str, source: str) -> DictConfig:
+    """A resolved recipe stored as YAML text (an export's manifest), validated."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the recorded recipe is not a mapping of keys")
+    return validate(OmegaConf.create(data), source)
 
 
 def load_saved_config(path: str | Path) -> DictConfig:

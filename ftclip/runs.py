@@ -4,13 +4,33 @@ Loading is not training: export, inference and the engine's resume all read runs
 module, which never imports the training engine.
 
     <run.dir>/                     default runs/<name>/<YYYY-mm-dd_HH-MM-SS>
-      config.yaml                  the resolved recipe (a resume reads only this)
-      state.json                   completed stages, in order; "hashes": {checkpoint path: SHA-256}
+      config.yaml                  the resolved recipe (a resume reads only this; --resume overrides update it)
+      state.json                   completed stages, each stage's status, interruptions, history (below);
+                                   "hashes": {checkpoint path: SHA-256}
+      .lock                        while a process trains it: {"pid", "host", "command", "since"}
       metrics.json                 {"initial": {...}, "<stage>": {...}} final metrics per stage
       checkpoints/<stage>/last.ckpt  written atomically every N steps / each epoch / at stage end
-      logs/<stage>/metrics.csv     per-step and per-epoch logs (Lightning CSVLogger)
-      plots/                       loss curves per stage, task plots (e.g. IQA scatter)
+      checkpoints/<stage>/best.ckpt  with stages.<stage>.monitor: the best evaluation so far (atomically)
+      logs/<stage>/metrics.csv     the stage's history, exactly once across resumes (ftclip/logs.py)
+      plots/                       loss, lr and validation curves, task plots (re-ID rank list, IQA scatter)
       export/                      adapted encoders (ftclip export)
+      report.html                  the run on one self-contained page (ftclip/artifacts/report.py)
+
+``state.json``::
+
+    {"completed": ["prompts"],                      # finished stages, in order (what "finished" means)
+     "stages": {"prompts": {"status": "finished", "epoch": 2, "step": 8, "time": "..."},
+                "image": {"status": "interrupted", "epoch": 1, "step": 5, "signal": "SIGTERM", "time": "..."}},
+     "interruptions": [{"stage": "image", "epoch": 1, "step": 5, "signal": "SIGTERM", "time": "..."}],
+     "history": [{"command": "ftclip fit --resume", "time": "...", "pid": 4242, "host": "node1",
+                  "overrides": ["stages.image.optimizer.lr=1e-05"],
+                  "changes": {"stages.image.optimizer.lr": [0.001, 1e-05]}}]}
+
+A stage's ``status`` is ``running`` (a process trains it; after a crash it stays so), ``interrupted``
+(a signal stopped it after writing the step's checkpoint), ``failed`` (``reason``: diverged or disk
+full; another error leaves it ``running``) or ``finished``. A run is finished when every stage of its config is in ``completed``;
+:func:`select_checkpoint` is the one rule that commands reading a run (export, embed, score,
+predict, eval) go through. Other sections (e.g. ``hashes``) are kept as they are.
 """
 
 from __future__ import annotations
@@ -19,16 +39,29 @@ import copy
 import datetime as dt
 import os
 import shutil
+import socket
 import sys
 import zipfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from ftclip.errors import FtclipError
+from ftclip.config import ScheduleConfig
+from ftclip.errors import ConfigError, FtclipError
 from ftclip.io import atomic_write_json, atomic_write_text, nearest_existing, read_json, sha256_file
-from ftclip.recipe import load_saved_config, to_yaml
+from ftclip.lockfile import LOCK_FILE, RunLock, describe
+from ftclip.recipe import load_saved_config, parse_overrides, to_yaml, validate
 from ftclip.tasks import get_task
+
+#: what ``ftclip fit --resume RUN key=value`` may change (in stages not finished yet)
+RESUMABLE_OPTIMIZER_KEYS = ("lr", "weight_decay", "bias_lr_factor", "momentum", "eps")
+#: every schedule key but ``interval``: the restored scheduler counts epochs or steps as the stage began
+RESUMABLE_SCHEDULE_KEYS = tuple(k for k in ScheduleConfig.__dataclass_fields__ if k != "interval")
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -127,6 +160,19 @@ class RunDir:
         path.mkdir(exist_ok=True)
         return path
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    # ------------------------------------------------------------------ one process per run
+    def lock(self, command: str) -> RunLock:
+        """Take the run's lock (FtclipError naming the holder if another process has it); use as a context."""
+        return RunLock(self.lock_path).acquire(command)
+
+    def lock_holder(self) -> dict | None:
+        """Who trains this run now (``{"pid", "host", "command", "since"}``), or None."""
+        return RunLock(self.lock_path).holder()
+
     # ------------------------------------------------------------------ state
     @property
     def state_path(self) -> Path:
@@ -151,13 +197,80 @@ class RunDir:
     def completed_stages(self) -> list[str]:
         return list(self.state().get("completed", []))
 
-    def mark_completed(self, stage: str) -> None:
+    def mark_completed(self, stage: str, epoch: int | None = None, step: int | None = None) -> None:
         def change(state: dict) -> None:
             done = state.setdefault("completed", [])
             if stage not in done:
                 done.append(stage)
+            entry = {"status": "finished", "time": _now()}
+            entry.update({k: v for k, v in (("epoch", epoch), ("step", step)) if v is not None})
+            state.setdefault("stages", {})[stage] = entry
 
         self.update_state(change)
+
+    def set_stage_status(self, stage: str, status: str, **fields) -> None:
+        """``running`` / ``interrupted`` / ``failed`` (with ``reason``), plus position fields."""
+        def change(state: dict) -> None:
+            entry = {"status": status, "time": _now()}
+            entry.update({k: v for k, v in fields.items() if v is not None})
+            state.setdefault("stages", {})[stage] = entry
+
+        self.update_state(change)
+
+    def record_interruption(self, stage: str | None, epoch: int | None, step: int | None, signal: str,
+                            note: str = "") -> None:
+        def change(state: dict) -> None:
+            entry = {"stage": stage, "epoch": epoch, "step": step, "signal": signal, "time": _now()}
+            if note:
+                entry["note"] = note
+            state.setdefault("interruptions", []).append(entry)
+            if stage is not None and stage not in state.get("completed", []):
+                state.setdefault("stages", {})[stage] = {"status": "interrupted", "epoch": epoch, "step": step,
+                                                         "signal": signal, "time": entry["time"]}
+
+        self.update_state(change)
+
+    def record_history(self, command: str, overrides: list[str] | None = None, changes: dict | None = None) -> None:
+        """One entry per ``ftclip fit --resume`` of this run: who, when, and what it changed."""
+        def change(state: dict) -> None:
+            entry = {"command": command, "time": _now(), "pid": os.getpid(), "host": socket.gethostname()}
+            if overrides:
+                entry["overrides"] = list(overrides)
+            if changes:
+                entry["changes"] = changes
+            state.setdefault("history", []).append(entry)
+
+        self.update_state(change)
+
+    def stage_status(self, stage: str) -> dict:
+        """``{"status": ..., ...}`` of a stage; ``not started`` when state.json says nothing of it."""
+        state = self.state()
+        if stage in state.get("completed", []):
+            return {"status": "finished", **{k: v for k, v in state.get("stages", {}).get(stage, {}).items()
+                                             if k != "status"}}
+        return dict(state.get("stages", {}).get(stage) or {"status": "not started"})
+
+    def describe_stage(self, stage: str) -> str:
+        """A few words on where a stage stands, e.g. ``interrupted at epoch 1, step 5 (SIGTERM)``."""
+        st = self.stage_status(stage)
+        status = st.get("status")
+        at = f" at epoch {st['epoch']}, step {st['step']}" if "epoch" in st and "step" in st else ""
+        if status == "interrupted":
+            return f"interrupted{at}" + (f" ({st['signal']})" if st.get("signal") else "")
+        if status == "failed":
+            return f"failed{at} ({st.get('reason', 'error')})"
+        if status == "running":
+            holder = self.lock_holder()
+            if holder:
+                return f"being trained now by {describe(holder)}"
+            return "stopped while training (its process ended without finishing it)"
+        return str(status)
+
+    def is_finished(self, cfg=None) -> bool:
+        """Every stage of the run's config is finished."""
+        cfg = cfg if cfg is not None else self.load_config()
+        done = set(self.completed_stages())
+        return all(name in done for name in cfg.stages)
 
     # ------------------------------------------------------------------ file hashes
     def relative(self, path: str | Path) -> str:
@@ -213,13 +326,124 @@ class RunDir:
         metrics[key] = values
         atomic_write_json(self.metrics_path, metrics)
 
-    def final_checkpoint(self) -> Path | None:
-        """The last checkpoint of the last completed stage (what export and scoring use)."""
-        for stage in reversed(self.completed_stages()):
-            ckpt = self.last_checkpoint(stage)
-            if ckpt:
-                return ckpt
-        return None
+    def best_checkpoint(self, stage: str) -> Path | None:
+        path = self.checkpoint_dir(stage) / "best.ckpt"
+        return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------------- which checkpoint a command uses
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+def select_checkpoint(run: RunDir, stage: str | None = None, cfg=None, which: str = "last") -> tuple[str, Path]:
+    """The one rule for commands that read a run (export, embed, score, predict, eval): ``(stage, checkpoint)``.
+
+    Without ``stage`` the run must be finished (every stage of its config completed): the last
+    stage's checkpoint. With ``stage`` (``--stage prompts``) that stage must be finished: its
+    checkpoint. ``which``: ``last`` (the stage's final weights) or ``best``
+    (``checkpoints/<stage>/best.ckpt``, kept with ``stages.<stage>.monitor``); ``cfg``: the run's
+    config if already loaded. Anything else is one FtclipError naming which stages are done and
+    which are not, and how to go on.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise FtclipError(f"--checkpoint {which!r} is not one of {', '.join(CHECKPOINT_CHOICES)}")
+    cfg = cfg if cfg is not None else run.load_config()
+    names = list(cfg.stages)
+    completed = set(run.completed_stages())
+    done = [n for n in names if n in completed]
+    if stage is None:
+        pending = [n for n in names if n not in completed]
+        if pending:
+            finished = (f"stage{'s' if len(done) > 1 else ''} {_names(done)} {'are' if len(done) > 1 else 'is'} "
+                        "finished, " if done else "no stage is finished: ")
+            unfinished = "; ".join(f"stage '{n}' is {run.describe_stage(n)}" for n in pending)
+            hint = f", or pass --stage {done[-1]} to use the weights of the finished stage" if done else ""
+            raise FtclipError(f"run {run.path} is not finished: {finished}{unfinished}. Finish it with "
+                              f"`ftclip fit --resume {run.path}`{hint}")
+        chosen = names[-1]
+    else:
+        if stage not in names:
+            raise FtclipError(f"run {run.path} has no stage '{stage}'; its stages: {', '.join(names)}")
+        if stage not in completed:
+            others = f"; finished: {_names(done)}" if done else "; no stage is finished yet"
+            raise FtclipError(f"stage '{stage}' of run {run.path} is not finished ({run.describe_stage(stage)}){others}. "
+                              f"Finish it with `ftclip fit --resume {run.path}`")
+        chosen = stage
+    if which == "best":
+        best = run.best_checkpoint(chosen)
+        if best is None:
+            raise FtclipError(f"stage '{chosen}' of run {run.path} kept no best checkpoint "
+                              f"({run.checkpoint_dir(chosen) / 'best.ckpt'} does not exist): it is kept when the "
+                              f"recipe sets stages.{chosen}.monitor; use --checkpoint last")
+        return chosen, best
+    ckpt = run.last_checkpoint(chosen)
+    if ckpt is None:
+        raise FtclipError(f"stage '{chosen}' is marked finished in {run.state_path} but "
+                          f"{run.checkpoint_dir(chosen) / 'last.ckpt'} is missing; restore it, or remove '{chosen}' "
+                          f"from state.json and `ftclip fit --resume {run.path}` to train that stage again")
+    return chosen, ckpt
+
+
+def _names(stages: list[str]) -> str:
+    return ", ".join(f"'{s}'" for s in stages)
+
+
+# ---------------------------------------------------------------------- --resume overrides
+def resume_config(run: RunDir, cfg, overrides: list[str]):
+    """``cfg`` with ``ftclip fit --resume RUN key=value`` overrides applied and validated: ``(cfg, changes)``.
+
+    Only the optimizer hyper-parameters and the schedule of stages not finished yet may change
+    (:data:`RESUMABLE_OPTIMIZER_KEYS`, :data:`RESUMABLE_SCHEDULE_KEYS`): the engine puts them onto
+    the restored optimizer and rebuilds the schedule at the stage's position. Anything else would
+    change what the saved checkpoints were trained with (data, model, batches, stage length), so it
+    is one ConfigError with the reason. ``changes`` maps each key to ``[old, new]``.
+    """
+    if not overrides:
+        return cfg, {}
+    completed = set(run.completed_stages())
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        _check_resume_key(run, cfg, key, completed)
+    source = f"{run.config_path} (with --resume overrides {' '.join(overrides)})"
+    raw = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), parse_overrides(overrides))
+    new = validate(raw, source)
+    changes = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        old, value = OmegaConf.select(cfg, key), OmegaConf.select(new, key)
+        old = OmegaConf.to_container(old) if OmegaConf.is_config(old) else old
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if old != value:
+            changes[key] = [old, value]
+    return new, changes
+
+
+def _check_resume_key(run: RunDir, cfg, key: str, completed: set) -> None:
+    allowed = (f"stages.<stage>.optimizer.{{{','.join(RESUMABLE_OPTIMIZER_KEYS)}}} and "
+               f"stages.<stage>.schedule.<key> (but interval) of stages not finished yet")
+    parts = key.split(".")
+    if len(parts) != 4 or parts[0] != "stages" or parts[2] not in ("optimizer", "schedule"):
+        raise ConfigError(
+            f"--resume cannot change '{key}': a resume continues the saved checkpoints, and that key would change "
+            f"what they were trained with (data, model, batches or stage length). It accepts {allowed}; for other "
+            "changes start a new run (ftclip fit RECIPE key=value)")
+    stage, section, name = parts[1], parts[2], parts[3]
+    if stage not in cfg.stages:
+        raise ConfigError(f"--resume override '{key}': run {run.path} has no stage '{stage}'; "
+                          f"its stages: {', '.join(cfg.stages)}")
+    if stage in completed:
+        raise ConfigError(f"--resume override '{key}': stage '{stage}' is finished, so its optimizer and schedule "
+                          "are not used again; only stages not finished yet can change")
+    if section == "optimizer" and name not in RESUMABLE_OPTIMIZER_KEYS:
+        why = ("the restored optimizer state belongs to the optimizer the stage started with"
+               if name in ("name", "fused") else "it is not an optimizer setting")
+        raise ConfigError(f"--resume cannot change '{key}': {why}. It accepts {allowed}")
+    if section == "schedule" and name == "interval":
+        raise ConfigError(f"--resume cannot change '{key}': the restored schedule counts "
+                          f"{cfg.stages[stage].schedule.interval}s since the stage began. It accepts {allowed}")
+    if section == "schedule" and name not in RESUMABLE_SCHEDULE_KEYS:
+        raise ConfigError(f"--resume override '{key}': '{name}' is not a schedule key "
+                          f"(one of {', '.join(RESUMABLE_SCHEDULE_KEYS)})")
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -326,17 +550,18 @@ def load_weights(module, ckpt: Path, run: "RunDir | None" = None) -> None:
     apply_checkpoint(module, read_checkpoint(ckpt, run))
 
 
-def load_module_from_run(run: RunDir):
-    """The trained module of a run (final weights of its last completed stage) and its config.
+def load_module_from_run(run: RunDir, stage: str | None = None, checkpoint: str = "last", cfg=None):
+    """The trained module of a run and its config: the checkpoint :func:`select_checkpoint` picks
+    (default: the final weights of the finished run; ``stage``: of that finished stage; an
+    unfinished run is refused). ``cfg``: build the module with this config instead of the run's
+    own (``ftclip eval RUN eval.key=...``); the model comes from the checkpoint either way.
 
     Needs neither the data nor the pretrained weights: the module's shape (``info``) and the
     backbone's description (QuickGELU, input statistics) are stored in every checkpoint, which
     holds all the weights.
     """
-    cfg = run.load_config()
-    ckpt = run.final_checkpoint()
-    if ckpt is None:
-        raise FtclipError(f"run {run.path} has no completed stage with a checkpoint; train it first (ftclip fit)")
+    cfg = run.load_config() if cfg is None else cfg
+    _, ckpt = select_checkpoint(run, stage, cfg, which=checkpoint)
     state = read_checkpoint(ckpt, run)
     info = state.get("ftclip", {}).get("info")
     if info is None:

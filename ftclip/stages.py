@@ -152,6 +152,10 @@ def is_bias(name: str) -> bool:
     return "bias" in name
 
 
+#: the param-group key saying whether a group holds biases (its lr is ``lr * bias_lr_factor``)
+GROUP_ROLE = "ftclip_role"
+
+
 def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg) -> torch.optim.Optimizer:
     """Adam/AdamW/SGD over the trainable params; biases get ``lr * bias_lr_factor``.
 
@@ -163,9 +167,9 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg) -> torch.
     base, bias = [], []
     for name, param in named_params:
         (bias if is_bias(name) else base).append(param)
-    groups = [{"params": base, "lr": cfg.lr}]
+    groups = [{"params": base, "lr": cfg.lr, GROUP_ROLE: "base"}]
     if bias:
-        groups.append({"params": bias, "lr": cfg.lr * cfg.bias_lr_factor})
+        groups.append({"params": bias, "lr": cfg.lr * cfg.bias_lr_factor, GROUP_ROLE: "bias"})
     groups = [g for g in groups if g["params"]]
     on_cuda = named_params[0][1].is_cuda
     fused = on_cuda if cfg.fused is None else bool(cfg.fused)
@@ -251,3 +255,63 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
     lambdas = [lambda epoch, base=float(group["lr"]): lr_factor(cfg, base, epochs, epoch)
                for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def group_base_lr(group: dict, index: int, cfg) -> float:
+    """The base lr of an optimizer param group built by :func:`build_optimizer` (before any schedule)."""
+    role = group.get(GROUP_ROLE, "bias" if index == 1 else "base")  # checkpoints without the key: [base, bias]
+    return cfg.lr * cfg.bias_lr_factor if role == "bias" else cfg.lr
+
+
+def retune(optimizer: torch.optim.Optimizer, scheduler, opt_cfg) -> list[str]:
+    """Put a stage's optimizer settings back onto a *restored* optimizer and LambdaLR scheduler.
+
+    ``configure_optimizers`` builds both from the config; Lightning then restores the checkpoint's
+    param-group hyper-parameters (``lr``, ``initial_lr``, ``weight_decay``, ...) and the scheduler's
+    ``base_lrs`` over them, so a changed lr would be ignored. The schedule's factors stay the ones
+    just built from the config (LambdaLR saves no plain function, so they are never restored);
+    this sets the base lrs and hyper-parameters from the config again and each group's lr to
+    ``base_lr * factor(last_epoch)`` -- the expression LambdaLR itself evaluates -- at the
+    scheduler's position. With an unchanged config every value is bit-identical to the restored
+    one. The optimizer's moment estimates (its ``state``) are kept. Returns one ``key old -> new``
+    entry per changed value.
+    """
+    if opt_cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name '{opt_cfg.name}' is not one of {', '.join(OPTIMIZERS)}")
+    changes: list[str] = []
+
+    def put(group: dict, key: str, value, label: str) -> None:
+        old = group.get(key)
+        if old is not None and old != value:
+            changes.append(f"{label} {old:g} -> {value:g}")
+        group[key] = value
+
+    groups = optimizer.param_groups
+    bases = [group_base_lr(group, index, opt_cfg) for index, group in enumerate(groups)]
+    for index, (group, base, factor) in enumerate(zip(groups, bases, scheduler.lr_lambdas)):
+        name = f"group {index} " if len(groups) > 1 else ""
+        put(group, "initial_lr", base, f"{name}base lr")
+        put(group, "lr", base * factor(scheduler.last_epoch), f"{name}lr at epoch {scheduler.last_epoch}")
+        for key in ("weight_decay", "momentum", "eps"):
+            if key in group:
+                put(group, key, getattr(opt_cfg, key), f"{name}{key}")
+    scheduler.base_lrs = bases
+    scheduler._last_lr = [group["lr"] for group in groups]
+    return changes
+def schedule_warnings(stages) -> list[str]:
+    """Warm-ups as long as their stage (printed as warnings before training): with ``warmup_epochs >=
+    epochs`` the stage ends inside its warm-up (the peak lr is never reached) or leaves it only for
+    its last epoch (epoch numbers ``t = epoch + first_epoch``, as :func:`lr_factor`)."""
+    warnings = []
+    for name, stage in stages.items():
+        schedule, epochs, lr = stage.schedule, int(stage.epochs), float(stage.optimizer.lr)
+        warmup = int(schedule.warmup_epochs)
+        if schedule.name == "constant" or warmup <= 0 or warmup < epochs:
+            continue
+        what = f"stages.{name}.schedule.warmup_epochs={warmup} >= stages.{name}.epochs={epochs}"
+        if epochs - 1 + int(schedule.first_epoch) < warmup:
+            warnings.append(f"{what}: the stage ends during its warm-up, so the peak lr {lr:g} is never reached")
+        else:
+            last = lr * lr_factor(schedule, lr, epochs, epochs - 1)
+            warnings.append(f"{what}: the warm-up fills the stage; only its last epoch runs after it (at lr {last:g})")
+    return warnings

@@ -35,3 +35,32 @@ def tiny_reid_overrides(root, run_dir, **extra) -> list[str]:
     }
     values.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in values.items()]
+
+
+TRAINED_RUN_EXTRA = {
+    # P = 8 identities x K = 2: every batch holds all 8 training identities, so each epoch has exactly
+    # len() = 2 batches (Lightning validates during a stage only at an epoch's len(), see ftclip/logs.py)
+    "data.batch_size": 16,
+    "stages.prompts.epochs": 1,
+    "stages.image.epochs": 3,
+    "stages.image.eval_every": 1,
+    "stages.image.monitor": "mAP",
+    # min_delta 10: no evaluation after the first is an improvement, so the stage stops after epoch 2
+    "stages.image.early_stopping.patience": 1,
+    "stages.image.early_stopping.min_delta": 10,
+    "trainer.logger": "[csv,tensorboard]",
+    "run.export": "[open_clip]",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tiny_reid_root, tmp_path_factory):
+    """A finished tiny re-ID run, trained once per session through the Python API (``ftclip.fit``):
+    stage ``image`` evaluates every epoch, keeps ``best.ckpt`` by mAP, stops early after epoch 2,
+    logs to TensorBoard too, and is exported at the end. Returns ``(ftclip.api.Run, overrides)``."""
+    import ftclip
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    overrides = tiny_reid_overrides(tiny_reid_root, run_dir, **TRAINED_RUN_EXTRA)
+    run = ftclip.fit("recipes/demo/reid_synthetic.yaml", overrides)
+    return run, overrides

@@ -225,20 +225,21 @@ def test_non_finite_loss_stops_names_the_step_keeps_last_good_checkpoint(tiny_re
     assert "stage 'image'" in err and "step" in err and "--resume" in err
     # the last good checkpoint of the failing stage (if one was written) and the finished stage stay
     assert (run / "checkpoints" / "prompts" / "last.ckpt").is_file()
-    assert json.loads((run / "state.json").read_text())["completed"] == ["prompts"]
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"] == ["prompts"] and state["stages"]["image"]["status"] == "failed"
     image_ckpt = run / "checkpoints" / "image" / "last.ckpt"
     if image_ckpt.exists():
-        assert f"the last good checkpoint {image_ckpt} was kept" in err
+        assert f"The last finite checkpoint {image_ckpt} was kept" in err
         saved = torch.load(image_ckpt, map_location="cpu", weights_only=False)
         assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     else:
-        assert "no checkpoint of this stage was written yet" in err
+        assert "No checkpoint of stage 'image' was written yet" in err
 
 
 def test_non_finite_loss_in_the_first_step_says_no_checkpoint_exists(tiny_reid_root, tmp_path, capsys):
     err = fit_error(capsys, RECIPE, *overrides(tiny_reid_root, tmp_path, **{
         "stages.prompts.epochs": 1, "stages.image.optimizer.lr": "1e30", "data.batch_size": 4}))
-    assert "stage 'image'" in err and "epoch 0" in err and "no checkpoint of this stage was written yet" in err
+    assert "stage 'image'" in err and "epoch 0" in err and "No checkpoint of stage 'image' was written yet" in err
 
 
 def test_output_dir_not_writable(tiny_reid_root, tmp_path, capsys):

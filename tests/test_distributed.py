@@ -21,12 +21,13 @@ RECIPE = "recipes/demo/reid_synthetic.yaml"
 def test_pk_sampler_ranks_get_whole_identities_and_no_shared_image(world):
     pids = [i // 6 for i in range(6 * 20)] + [20, 21, 21]  # 20 ids x 6 images, one with 1, one with 2
     for epoch in range(3):
-        per_rank = []
+        per_rank, steps = [], []
         for rank in range(world):
             sampler = PKBatchSampler(pids, batch_size=8, num_instances=4, seed=1, rank=rank, world_size=world)
             sampler.set_epoch(epoch)
             batches = list(sampler)
-            assert len(batches) == len(sampler) > 0  # every rank takes the same number of steps
+            assert 0 < len(batches) <= sampler.max_batches()
+            steps.append(len(batches))
             indices = []
             for batch in batches:
                 idx = [i for i, _ in batch]
@@ -36,6 +37,7 @@ def test_pk_sampler_ranks_get_whole_identities_and_no_shared_image(world):
                 assert len({pids[g[0]] for g in groups}) == 2  # P distinct identities
                 indices += idx
             per_rank.append(indices)
+        assert len(set(steps)) == 1  # every rank takes the same number of steps in the epoch
         for a in range(world):
             for b in range(a + 1, world):
                 shared = set(per_rank[a]) & set(per_rank[b])
@@ -65,6 +67,9 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_reid_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ftclip", "fit", RECIPE, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("run directory:", "[initial] mAP=", "stage 'image': training", "[image] epoch 1/1  loss",
+                 "[image] mAP=", "done:"):
+        assert proc.stdout.count(line) == 1, (line, proc.stdout[-3000:])  # printed once, by rank 0
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(ddp_metrics) == {"initial", "prompts", "image"}
 

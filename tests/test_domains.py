@@ -96,7 +96,7 @@ def test_each_value_outside_its_domain_is_named_with_key_value_and_domain(task):
 
 def test_a_bad_override_is_refused_by_load_recipe():
     with pytest.raises(ConfigError, match=r"overrides stages.image.epochs=0\): stages.image.epochs=0 is not allowed: "
-                                          r"it must be an integer >= 1$"):
+                                          r"it must be an integer >= 1 \(to evaluate without training, use `ftclip eval"):
         load_recipe(RECIPE, ["stages.image.epochs=0"])
 
 

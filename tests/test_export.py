@@ -170,7 +170,7 @@ def test_run_without_checkpoint_is_one_clear_error(tiny_reid_root, tmp_path):
 
     cfg = load_recipe("recipes/demo/reid_synthetic.yaml", tiny_reid_overrides(tiny_reid_root, tmp_path / "run"))
     RunDir.create(cfg)
-    with pytest.raises(FtclipError, match="no completed stage with a checkpoint"):
+    with pytest.raises(FtclipError, match="is not finished: no stage is finished: stage 'prompts' is not started"):
         export_run(tmp_path / "run", ["open_clip"], out=tmp_path / "exp")
     assert not (tmp_path / "exp").exists()
 

@@ -72,11 +72,12 @@ def test_checkpoint_io_records_the_hash_around_the_replace(tmp_path):
 
 def test_state_sections_survive_each_other(tmp_path):
     run = RunDir(tmp_path)
-    run.update_state(lambda state: state.update(stages={"a": "finished"}))  # another section (e.g. stage status)
+    run.update_state(lambda state: state.update(stages={"b": {"status": "interrupted"}}))  # another section
     run.record_hash(tmp_path / "checkpoints" / "a" / "last.ckpt", "0" * 64)
     run.mark_completed("a")
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["stages"] == {"a": "finished"} and state["completed"] == ["a"]
+    assert state["stages"]["b"] == {"status": "interrupted"} and state["stages"]["a"]["status"] == "finished"
+    assert state["completed"] == ["a"]
     assert state["hashes"] == {"checkpoints/a/last.ckpt": "0" * 64}
 
 

@@ -64,7 +64,8 @@ def test_qualiclip_trains_only_the_image_tower_and_records_srcc_plcc(qualiclip_r
     for key in ("initial", "qualiclip"):  # zero-shot, then after the stage
         assert set(saved[key]) >= {"csv/srcc", "csv/plcc"}
         assert -1.0 <= saved[key]["csv/srcc"] <= 1.0
-    for name in ("initial_csv_scatter.png", "qualiclip_csv_scatter.png"):
+    for name in ("initial_csv_scatter.png", "qualiclip_csv_scatter.png", "initial_csv_extremes.png",
+                 "qualiclip_csv_extremes.png", "qualiclip_loss.png", "metrics.png"):
         data = (run.path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
     # compare the trained weights with a fresh model built from the same seed
@@ -101,6 +102,26 @@ def test_mos_stage_trains_only_the_prompt_context(synth, tmp_path):
     assert datamodule.mos_range() == (0.0, 3.0)  # csv: the training set's own MOS range
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert set(metrics["mos"]) >= {"csv/srcc", "csv/plcc"}
+
+    # its export (the learned context in prompts.safetensors) evaluates to the same numbers
+    from ftclip.artifacts.export import export_run
+
+    export = export_run(run.path, ["open_clip"])
+    out = tmp_path / "x.json"
+    assert main(["eval", str(export), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())["metrics"]
+    for key in ("csv/srcc", "csv/plcc"):
+        assert got[key] == pytest.approx(metrics["mos"][key], abs=1e-5), key
+
+
+def test_eval_of_an_iqa_run_with_a_csv_set_given_by_its_list_file(qualiclip_run, synth, tmp_path, capsys):
+    run, metrics = qualiclip_run
+    out = tmp_path / "e.json"
+    args = ["eval", str(run.path), "eval.csv.root=null", f"eval.csv.csv={synth / 'eval.csv'}", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert got["eval"]["csv"]["root"] is None
+    assert got["metrics"] == {k: metrics["qualiclip"][k] for k in ("csv/srcc", "csv/plcc")}
 
 
 def test_training_prompts_without_context_tokens_is_a_config_error(synth, tmp_path):

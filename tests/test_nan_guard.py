@@ -58,7 +58,7 @@ def test_step_checkpoints_stop_at_the_bad_step(nan_at_step, tiny_reid_root, tmp_
     err = _fit_error(capsys, run, tiny_reid_root, **{"trainer.ckpt_every_n_steps": "1"})
     assert f"stage 'image': the loss became nan at epoch 1, step {BAD_STEP};" in err
     ckpt = run / "checkpoints" / "image" / "last.ckpt"
-    assert f"the last good checkpoint {ckpt} was kept" in err
+    assert f"The last finite checkpoint {ckpt} was kept" in err
     state = _assert_finite(ckpt)
     assert state["global_step"] == BAD_STEP  # written after steps 0..BAD_STEP-1; the one after the bad step was not
 
@@ -68,10 +68,11 @@ def test_epoch_checkpoints_keep_the_epoch_before_the_bad_step(nan_at_step, tiny_
     err = _fit_error(capsys, run, tiny_reid_root)  # the read happens at the end of epoch 1, not at the bad step
     assert f"stage 'image': the loss became nan at epoch 1, step {BAD_STEP};" in err
     ckpt = run / "checkpoints" / "image" / "last.ckpt"
-    assert f"the last good checkpoint {ckpt} was kept" in err
+    assert f"The last finite checkpoint {ckpt} was kept" in err
     state = _assert_finite(ckpt)
     assert state["epoch"] == 0 and 0 < state["global_step"] < BAD_STEP  # the end of epoch 0, before the bad step
-    assert "image" not in json.loads((run / "state.json").read_text()).get("completed", [])
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"] == ["prompts"] and state["stages"]["image"]["status"] == "failed"
 
 
 def test_losses_are_read_every_n_steps_not_every_step(tiny_reid_root, tmp_path):
@@ -86,7 +87,7 @@ def test_losses_are_read_every_n_steps_not_every_step(tiny_reid_root, tmp_path):
         module.check_finite(torch.tensor(float("nan")))
     with pytest.raises(FtclipError, match=r"the loss became inf at epoch 0, step 0") as info:
         module.check_finite(torch.tensor(1.0))  # the every-th loss: all are read, the first bad one reported
-    assert "no checkpoint of this stage was written yet" in str(info.value)
+    assert "No checkpoint of stage 'image' was written yet" in str(info.value)
     for _ in range(every - 1):  # read losses are dropped; finite ones pass
         module.check_finite(torch.tensor(1.0))
     module.raise_if_not_finite()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_reid_overrides
@@ -38,23 +39,25 @@ def _pids(rng: np.random.Generator, num_ids: int) -> list[int]:
     return [pid for pid in range(num_ids) for _ in range(int(rng.integers(1, 14)))]
 
 
-def test_pk_sampler_len_bounds_every_epoch():
+def test_pk_sampler_max_batches_bounds_every_epoch_and_it_has_no_len():
     pids = _pids(np.random.default_rng(0), 12)
     sampler = PKBatchSampler(pids, batch_size=16, num_instances=4, seed=3)
     counts = []
     for epoch in range(2000):
         sampler.set_epoch(epoch)
         counts.append(sum(1 for _ in sampler))
-    assert max(counts) <= len(sampler)
-    assert min(counts) < max(counts)  # epochs really differ: len() cannot be exact for all of them
-    assert max(counts) == len(sampler)  # and the bound is reached on this set
-    for world in (2, 3):  # DDP: every rank's share stays within its len() too
+    assert max(counts) <= sampler.max_batches()
+    assert min(counts) < max(counts)  # epochs really differ: no len() can be exact for all of them
+    assert max(counts) == sampler.max_batches()  # and the bound is reached on this set
+    with pytest.raises(TypeError):  # so Lightning ends each epoch when the sampler is exhausted
+        len(sampler)
+    for world in (2, 3):  # DDP: every rank's share stays within its bound too
         for rank in range(world):
             shard = PKBatchSampler(pids, batch_size=16, num_instances=4, seed=3, rank=rank, world_size=world)
-            assert len(shard) == len(sampler) // world
+            assert shard.max_batches() == sampler.max_batches() // world
             for epoch in range(200):
                 shard.set_epoch(epoch)
-                assert sum(1 for _ in shard) <= len(shard)
+                assert sum(1 for _ in shard) <= shard.max_batches()
 
 
 def test_max_pk_batches_is_the_largest_feasible_count():
@@ -76,3 +79,30 @@ def test_max_pk_batches_is_the_largest_feasible_count():
 
         best = max(b for b in range(sum(chunks) // p + 1) if feasible(b))
         assert max_pk_batches(chunks, p) == best, (chunks, p)
+
+
+def test_short_p_x_k_epochs_still_step_the_schedule_and_validate(tiny_reid_root, tmp_path):
+    """P x K epochs vary in length (the reference's too): every epoch steps the lr schedule and runs the
+    stage's evaluation, as the reference's loop does, whether it reached the sampler's bound or not."""
+    import csv
+
+    from ftclip.cli import main
+    from ftclip.stages import lr_factor
+
+    run = tmp_path / "run"
+    overrides = tiny_reid_overrides(tiny_reid_root, run, **{
+        "stages.prompts.epochs": 1, "stages.image.epochs": 6, "stages.image.eval_every": 1, "eval.before": "false",
+        "stages.image.schedule.name": "warmup_multistep", "stages.image.schedule.warmup_epochs": 1,
+        "stages.image.schedule.milestones": "[3,5]", "trainer.enable_progress_bar": "false"})
+    assert main(["fit", DEMO, *overrides]) == 0
+    with open(run / "logs" / "image" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ends = [r for r in rows if r.get("lr")]
+    steps = [int(r["step"]) for r in ends]
+    per_epoch = [b - a for a, b in zip([0] + steps, steps)]
+    bound = max_pk_batches([2] * 8, 4)  # 8 identities x 4 images, K = 2, P = 4
+    assert len(per_epoch) == 6 and max(per_epoch) <= bound and min(per_epoch) < bound  # short epochs happened
+    cfg = load_recipe(run / "config.yaml")
+    schedule, lr = cfg.stages.image.schedule, float(cfg.stages.image.optimizer.lr)
+    assert [float(r["lr"]) for r in ends] == pytest.approx([lr * lr_factor(schedule, lr, 6, e) for e in range(6)])
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val/mAP")}) == list(range(6))  # validated every epoch

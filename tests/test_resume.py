@@ -6,6 +6,7 @@ Also: the resumable loader's bookkeeping, leftover temp checkpoints are ignored,
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from ftclip.data.resume import ResumableDataLoader, SkippingBatchSampler
 from ftclip.data.samplers import PKBatchSampler
 from ftclip.errors import FtclipError
 from ftclip.runs import RunDir
+from ftclip.logs import read_history
 
 RECIPE = "recipes/demo/reid_synthetic.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +48,7 @@ def test_skipping_batch_sampler_resumes_inside_an_epoch():
     wrapped = SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3))
     loader = ResumableDataLoader(list(range(32)), wrapped, progress=lambda: (2, 2, False))
     state = loader.state_dict()
-    assert state == {"epoch": 2, "done": 2, "finished": False, "total": len(wrapped)}
+    assert state == {"epoch": 2, "done": 2, "finished": False, "total": wrapped.max_batches()}
     fresh = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3)),
                                 progress=lambda: (0, 0, False))
     fresh.load_state_dict(state)  # Lightning calls this before creating the iterator
@@ -74,6 +76,25 @@ def test_pending_skip_is_dropped_when_lightning_moves_to_another_epoch():
     ref = PKBatchSampler(pids, 8, 2, seed=3)
     ref.set_epoch(1)
     assert list(loader.batch_sampler) == list(ref)
+
+
+def test_lightning_sets_each_epoch_of_the_sampler_through_the_resumable_loader():
+    """Lightning calls set_epoch on ``loader.sampler`` and ``loader.batch_sampler.sampler`` only: the wrapped
+    sampler must be reachable there, or every epoch of an uninterrupted run repeats epoch 0's order (while a
+    resume sets the right epoch, so a resume after epoch 0 was not bit-identical)."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    pids = [i // 4 for i in range(32)]
+    loader = ResumableDataLoader(list(range(32)), SkippingBatchSampler(PKBatchSampler(pids, 8, 2, seed=3)),
+                                 progress=lambda: (0, 0, False))
+    epochs = []
+    for epoch in range(3):
+        _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop does at each epoch start
+        epochs.append(list(loader.batch_sampler))
+        ref = PKBatchSampler(pids, 8, 2, seed=3)
+        ref.set_epoch(epoch)
+        assert epochs[-1] == list(ref), epoch
+    assert epochs[0] != epochs[1] != epochs[2]
 
 
 def test_loader_state_with_other_batch_count_is_refused():
@@ -156,9 +177,12 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "stage 2 never wrote a checkpoint"
-    assert "image" not in RunDir(run_dir).completed_stages()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "image" not in state["completed"] and state["stages"]["image"]["status"] == "running"  # killed: no word
     killed_state = _state(ckpt)
     ref = _state(ref_dir / "checkpoints" / "image" / "last.ckpt")
+    killed_seconds = killed_state["callbacks"]["StageHistory"]["seconds"]
+    assert killed_seconds > 0
     loader_state = killed_state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     # the P x K sampler's len() is an upper bound per epoch (an epoch may yield fewer batches)
     assert ref["global_step"] <= 2 * loader_state["total"]
@@ -168,8 +192,12 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
     # a truncated temp file from a write the kill interrupted is never trusted
     (ckpt.parent / ".last.ckpt.crash.tmp").write_bytes(b"PK\x03\x04 half written")
 
+    assert (run_dir / ".lock").is_file()  # the killed process could not remove its lock file
     assert main(["fit", "--resume", str(run_dir)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f"note: {run_dir / '.lock'} was left by ftclip fit (pid {proc.pid} " in captured.err  # stale: taken over
+    assert not (run_dir / ".lock").exists()
     assert "stage 'prompts'" not in out, "a finished stage must not run again"
     assert f"resuming stage 'image' from {ckpt}" in out
     assert prompts_ckpt.stat().st_mtime_ns == prompts_mtime
@@ -181,7 +209,16 @@ def test_sigkill_in_stage_two_then_resume_gives_identical_weights(tiny_reid_root
         assert torch.equal(value, got["state_dict"][key]), key
     ref_m = (ref_dir / "metrics.json").read_text()
     got_m = (run_dir / "metrics.json").read_text()
-    import json
 
     strip = lambda m: {s: {k: v for k, v in d.items() if k != "train_seconds"} for s, d in json.loads(m).items()}  # noqa: E731
     assert strip(ref_m) == strip(got_m)
+
+    # the history survives the kill: each stage's log equals the uninterrupted run's, every row once
+    for stage in ("prompts", "image"):
+        ref_log = (ref_dir / "logs" / stage / "metrics.csv").read_text()
+        got_log = (run_dir / "logs" / stage / "metrics.csv").read_text()
+        assert got_log == ref_log, stage
+    epochs = [row for row in read_history(run_dir / "logs" / "image" / "metrics.csv") if "lr" in row]
+    assert [int(row["epoch"]) for row in epochs] == [0, 1]  # every epoch once
+    # train_seconds counts the part before the kill too (the first attempt ran for a while)
+    assert json.loads(got_m)["image"]["train_seconds"] >= killed_seconds

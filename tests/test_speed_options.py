@@ -81,10 +81,10 @@ def test_cpu_threads_leave_loader_workers_their_cores(monkeypatch):
     before = torch.get_num_threads()
     cfg = load_recipe(RECIPE, ["data.num_workers=64", "trainer.accelerator=cpu"])
     try:
-        assert engine._cpu_threads(cfg) == 1
+        assert engine.set_cpu_threads(cfg) == 1
         assert torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        assert engine._cpu_threads(cfg) is None  # the user's setting wins
+        assert engine.set_cpu_threads(cfg) is None  # the user's setting wins
     finally:
         torch.set_num_threads(before)
 

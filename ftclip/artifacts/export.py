@@ -36,10 +36,10 @@ from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CA
 from ftclip.artifacts.manifest import file_hashes, files_in, is_export, read_manifest, written_files
 from ftclip.backbone import Backbone
 from ftclip.config import EXPORT_FORMATS, HF_TEXT_LAYERS, check_interpolation
-from ftclip.errors import FtclipError
-from ftclip.io import replace_dir, sha256_file
+from ftclip.errors import DiskFullError, FtclipError
+from ftclip.io import disk_full_cause, free_bytes, human_bytes, replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
-from ftclip.runs import RunDir, is_run_dir, load_module_from_run
+from ftclip.runs import RunDir, is_run_dir, load_module_from_run, select_checkpoint
 from ftclip.towers import reparameterizable, reparameterized
 
 log = logging.getLogger("ftclip")
@@ -415,10 +415,12 @@ def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
 
 
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False,
-               text_layer: str = "last") -> Path:
-    """Export the final weights of ``run_dir`` in ``formats`` (``open_clip`` is always written; ``onnx`` adds
-    ONNX encoders; ``hf`` a transformers/diffusers folder whose ``text_encoder/`` outputs ``text_layer``) to
-    ``out`` (default ``<run_dir>/export``). Returns ``out``."""
+               stage: str | None = None, checkpoint: str = "last", text_layer: str = "last") -> Path:
+    """Export the final weights of the finished run ``run_dir`` (or of its finished ``stage``;
+    ``checkpoint="best"``: that stage's best checkpoint) in ``formats`` (``open_clip`` is always
+    written; ``onnx`` adds ONNX encoders; ``hf`` a transformers/diffusers folder whose
+    ``text_encoder/`` outputs ``text_layer``) to ``out`` (default ``<run_dir>/export``). Returns
+    ``out``. An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
     formats = check_formats(formats)
     if text_layer not in HF_TEXT_LAYERS:
         raise FtclipError(f"--text-layer '{text_layer}' is not one of {', '.join(HF_TEXT_LAYERS)}")
@@ -427,13 +429,11 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     if not run.config_path.is_file():
         raise FtclipError(f"{run_dir} is not an ftclip run directory (no {run.config_path.name}); "
                           "give the folder `ftclip fit` made")
-    if run.final_checkpoint() is None:
-        raise FtclipError(f"run {run_dir} has no completed stage with a checkpoint; nothing to export. "
-                          f"Train it first (ftclip fit), or finish it with `ftclip fit --resume {run_dir}`")
+    stage, ckpt = select_checkpoint(run, stage, which=checkpoint)
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, run_dir)
 
-    module, cfg = load_module_from_run(run)
+    module, cfg = load_module_from_run(run, stage, checkpoint)
     module = module.cpu().eval()
     backbone = module.backbone
     meta = dict(backbone.metadata())
@@ -470,8 +470,9 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     meta["tower_fit"] = backbone.tower_fit
     meta["reparameterized"] = reparameterizable(backbone.visual)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-unmade"
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         _save_tensors(tmp / OPEN_CLIP_WEIGHTS, backbone.model.state_dict(), {"format": "pt"})
         (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(open_clip_config(backbone), indent=2) + "\n", encoding="utf-8")
 
@@ -549,7 +550,6 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         files[MODEL_CARD] = "model card"
 
         metrics = run.metrics()
-        checkpoint = run.final_checkpoint()
         meta.update({
             "format_version": 1,
             "name": str(cfg.name),
@@ -559,12 +559,15 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "lora_merged": lora_merged,
             "formats": formats,
             "run_dir": str(run_dir.resolve()),
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha256_file(checkpoint),
+            "stage": stage,
+            "run_finished": run.is_finished(cfg),
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "module_info": dict(module.info),  # what the module's shape depends on (ftclip eval EXPORT rebuilds it)
             "recipe_hash": config_hash(cfg),
             "recipe": to_yaml(cfg),
             "metrics": metrics,
-            "final_metrics": metrics.get(next(reversed(metrics), ""), {}) if metrics else {},
+            "final_metrics": metrics.get(stage, {}),
             "versions": _versions(),
             "verification": verification,
             "files": files,
@@ -589,6 +592,14 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
         os.chmod(tmp, 0o777 & ~mask)
         check_out(out, overwrite, run_dir)  # again: the folder may have changed while we worked
         replace_dir(tmp, out)
+    except BaseException as exc:
+        if disk_full_cause(exc) is None or isinstance(exc, DiskFullError):
+            raise
+        size = sum(v.numel() * v.element_size() for v in backbone.model.state_dict().values())
+        raise DiskFullError(
+            f"no space left on the device writing the export {out} ({human_bytes(free_bytes(out.parent))} free; the "
+            f"export needs about {human_bytes(size)}, more with onnx): nothing was written to {out} and the run is "
+            f"unchanged; free space, then `ftclip export {run_dir}`", str(out)) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

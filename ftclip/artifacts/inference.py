@@ -18,8 +18,10 @@ class token after ``ln_post``; ResNet: average-pooled last stage; timm trunk: pr
 ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
 L2-normalised (``normalize=False`` for raw features).
 
-A run directory is loaded through :func:`ftclip.runs.load_module_from_run` (its last completed
-stage; LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
+A run directory is loaded through :func:`ftclip.runs.load_module_from_run`: a finished run's final
+weights, or those of the finished stage named by ``stage=`` (``--stage``); an unfinished run is
+refused by :func:`ftclip.runs.select_checkpoint`, the one rule every command reading a run follows
+(LoRA stays unmerged, which is numerically the same model); an export is loaded with plain
 open_clip (``create_model('local-dir:<export>')``), as a user without ftclip would. Both go through
 :class:`ImageEncoder`, and the task's own heads (``Task.score``, ``Task.predict``) read the same
 tensors an export stores, so a run and its export give the same results (the export is verified
@@ -30,6 +32,7 @@ then ToTensor + Normalize); camera embeddings (SIE) are not applied, as inferenc
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -52,7 +55,7 @@ from ftclip.backbone import fit_image_size
 from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
-from ftclip.runs import RunDir, load_module_from_run, note_once
+from ftclip.runs import RunDir, load_module_from_run, note_once, select_checkpoint
 from ftclip.tasks import get_task
 from ftclip.towers import image_features, image_kind
 
@@ -151,10 +154,14 @@ class InferenceModel:
 
     def preprocess(self, path: str | Path) -> torch.Tensor:
         """An image file -> ``[3, H, W]`` float tensor (ftclip's evaluation transform); DataError if unreadable."""
+        return self.preprocess_array(read_image(path))
+
+    def preprocess_array(self, image) -> torch.Tensor:
+        """An RGB uint8 array ``[H, W, 3]`` (as ``read_image`` returns) -> ``[3, H, W]`` float tensor."""
         if self._transform is None:
             self._transform = eval_transform(self.image_size, self.meta["mean"], self.meta["std"],
                                              interpolation=str(self.meta.get("interpolation", "bicubic")))
-        return apply(self._transform, read_image(path))
+        return apply(self._transform, image)
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The task's tensors by kind, on the model's device: what the export's safetensors files hold."""
@@ -235,30 +242,89 @@ def load_open_clip_export(path: str | Path, device: str | torch.device = "cpu") 
     return model.to(device).eval()
 
 
-def load_for_inference(path: str | Path, device: str | torch.device | None = "auto") -> InferenceModel:
-    """A run directory (its final checkpoint) or an export folder -> :class:`InferenceModel`."""
+def read_export_meta(path: str | Path) -> dict[str, Any]:
+    """An export's manifest (``ftclip_export.json``) with the keys every reader needs, its files checked
+    against their recorded SHA-256 (an export of an older ftclip, without hashes, is said once)."""
+    path = Path(path)
+    meta = read_manifest(path)
+    missing = [k for k in ("task", "image_size", "mean", "std") if k not in meta]
+    if missing:
+        raise FtclipError(f"{path / EXPORT_META} lacks {', '.join(missing)}; re-export the run with `ftclip export`")
+    if not verify_export(path, meta):  # every file's SHA-256 against the manifest
+        note_once(str(path), f"export {path} records no file hashes (written by an older ftclip): its files "
+                             "are not checked")
+    return meta
+
+
+def load_module_from_export(path: str | Path, cfg):
+    """An export folder as the task's module, for evaluation with ``cfg``'s data and ``eval`` settings
+    (``ftclip eval EXPORT``): the model keys come from the export's manifest, every weight from the
+    export (open_clip weights, LoRA already merged; the task's tensors via ``load_export_tensors``).
+    Returns ``(module, the config it was built from)``."""
+    path = Path(path)
+    meta = read_export_meta(path)
+    if str(meta["task"]) != str(cfg.task):
+        raise FtclipError(f"export {path} is a '{meta['task']}' model but the recipe is for task '{cfg.task}'")
+    info = meta.get("module_info")
+    if info is None:
+        raise FtclipError(f"{path / EXPORT_META} has no module_info (written by an older ftclip); re-export the run "
+                          "with `ftclip export RUN --overwrite`, or evaluate the run directory")
+    weights = path / OPEN_CLIP_WEIGHTS
+    if not weights.is_file():
+        raise FtclipError(f"export {path} has no {OPEN_CLIP_WEIGHTS}; re-export the run")
+    build = copy.deepcopy(cfg)
+    build.model.name = str(meta["model_name"])
+    build.model.pretrained = str(weights)
+    for key in ("image_size", "mean", "std"):
+        build.model[key] = [float(v) if key != "image_size" else int(v) for v in meta[key]]
+    for key in ("interpolation", "quick_gelu"):
+        if meta.get(key) is not None:
+            build.model[key] = meta[key]
+    lora = getattr(getattr(build, "strategies", None), "lora", None)
+    if lora is not None:
+        lora.enabled = False  # merged into the exported weights
+    module = get_task(str(cfg.task)).build_module(build, info)
+    tensors = {kind: _read_tensors(path / name, torch.device("cpu"))
+               for kind, name in TENSOR_FILES.items() if (path / name).is_file()}
+    module.load_export_tensors(tensors)
+    return module.eval(), build
+
+
+def load_for_inference(path: str | Path, device: str | torch.device | None = "auto", stage: str | None = None,
+                       checkpoint: str = "last") -> InferenceModel:
+    """A run directory (the checkpoint ``runs.select_checkpoint`` picks) or an export folder ->
+    :class:`InferenceModel`."""
     path = Path(path)
     kind = path_kind(path)
+    if kind == "export" and (stage is not None or checkpoint != "last"):
+        asked = f"--stage {stage}" if stage is not None else f"--checkpoint {checkpoint}"
+        raise FtclipError(f"{asked} applies to run directories; {path} is an export (one set of weights, of stage "
+                          f"'{_export_stage(path)}'): give the run directory to choose a stage or checkpoint")
+    chosen = None
+    if kind == "run":  # refuses an unfinished run before any model is built
+        chosen, _ = select_checkpoint(RunDir(path), stage, which=checkpoint)
     dev = _pick_device(device)
     if kind == "export":
-        meta = read_manifest(path)
-        missing = [k for k in ("task", "image_size", "mean", "std") if k not in meta]
-        if missing:
-            raise FtclipError(f"{path / EXPORT_META} lacks {', '.join(missing)}; re-export the run with `ftclip export`")
-        if not verify_export(path, meta):  # every file's SHA-256 against the manifest
-            note_once(str(path), f"export {path} records no file hashes (written by an older ftclip): its files "
-                                 "are not checked")
+        meta = read_export_meta(path)
         model = load_open_clip_export(path, dev)
         return InferenceModel(model=model, meta=meta, device=dev, source="export", path=path)
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    module, cfg = load_module_from_run(RunDir(path))
+    module, cfg = load_module_from_run(RunDir(path), chosen, checkpoint)
     module = module.to(dev).eval()
     meta = dict(module.backbone.metadata())
     meta["task"] = str(cfg.task)
+    meta["stage"] = chosen
     meta.update(module.export_info())
     return InferenceModel(model=module.backbone.model, meta=meta, device=dev, source="run", path=path,
                           module=module)
+
+
+def _export_stage(path: Path) -> str:
+    try:
+        return str(read_manifest(path).get("stage", "the last stage"))
+    except FtclipError:
+        return "the last stage"
 
 
 # ---------------------------------------------------------------------------------------- inputs

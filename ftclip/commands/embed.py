@@ -27,6 +27,11 @@ def register(sub) -> None:
     p.add_argument("--feature", choices=("proj", "final", "final+proj"), default=None,
                    help="which feature (default: the one the task evaluates with, e.g. final+proj for re-ID)")
     p.add_argument("--workers", type=int, default=4, help="threads decoding images")
+    p.add_argument("--stage", metavar="STAGE",
+                   help="use the final weights of this finished stage of a run directory (default: the finished run's last stage; an unfinished run is refused)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="of a run directory: last, the stage's final weights (default); best: its best.ckpt "
+                        "(stages.<stage>.monitor)")
     p.set_defaults(func=run)
 
 
@@ -88,7 +93,7 @@ def run(args) -> int:
         check_output_file(paths_file(out), "--out's path list", args.overwrite)
     path_kind(args.source)
     paths = collect_inputs(args.inputs).paths
-    model = load_for_inference(args.source, device=args.device)
+    model = load_for_inference(args.source, device=args.device, stage=args.stage, checkpoint=args.checkpoint)
     feature = args.feature or model.feature
     model.check_feature(feature)
     print(f"embedding {len(paths)} images with {model.source} {args.source} ({model.meta.get('model_name')}, "

@@ -1,4 +1,5 @@
-"""``ftclip export RUN_DIR [--format open_clip onnx hf] [--text-layer last|penultimate] [--out DIR] [--overwrite]``."""
+"""``ftclip export RUN_DIR [--format open_clip onnx hf] [--text-layer last|penultimate] [--out DIR] [--overwrite]
+[--stage S] [--checkpoint last|best]``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def register(sub) -> None:
                         "or the penultimate block then the final LayerNorm (SD 2.x) (default: last)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--stage", metavar="STAGE",
+                   help="use the weights of this finished stage of the run (default: the finished run's last stage; an unfinished run is refused)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="last: the stage's final weights (default); best: its best evaluation "
+                        "(kept with stages.<stage>.monitor)")
     p.set_defaults(func=run)
 
 
@@ -29,10 +35,13 @@ def run(args) -> int:
 
     from ftclip.artifacts.export import check_formats, export_run
     from ftclip.artifacts.layout import EXPORT_META
+    from ftclip.artifacts.report import write_report
 
     check_formats(args.formats)
     out = export_run(args.run_dir, args.formats, out=Path(args.out) if args.out else None, overwrite=args.overwrite,
-                     text_layer=args.text_layer)
+                     stage=args.stage, checkpoint=args.checkpoint, text_layer=args.text_layer)
+    if out.resolve() == (Path(args.run_dir) / "export").resolve():
+        write_report(args.run_dir)  # the report shows how to load the run's own export
     meta = json.loads((out / EXPORT_META).read_text(encoding="utf-8"))
     ver = meta["verification"]
     hf = ver.get("hf")
@@ -42,7 +51,8 @@ def run(args) -> int:
           + (f"; hf/ (transformers {hf['transformers']}, fresh process) image features max abs diff "
              f"{hf['image_features']['max_abs_diff']:.3g}, text features {hf['text_features']['max_abs_diff']:.3g}"
              if hf else ""))
-    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}) to {out}")
+    print(f"exported {meta['model_name']} ({meta['task']}, feature {meta['feature']}, stage {meta['stage']}, "
+          f"{meta['checkpoint']}) to {out}")
     if meta.get("tower_fit"):
         print(f"load it:  see {out / 'README.md'} (open_clip builds the stock {meta['model_name']}, then fit it as shown)")
     else:

@@ -1,4 +1,4 @@
-"""``ftclip recipes``: the bundled recipes, one line each."""
+"""``ftclip recipes``: the bundled recipes, each with its whole description."""
 
 from __future__ import annotations
 
@@ -6,20 +6,22 @@ import yaml
 
 
 def register(sub) -> None:
-    p = sub.add_parser("recipes", help="list bundled recipes")
+    p = sub.add_parser("recipes", help="list bundled recipes with their descriptions")
     p.set_defaults(func=run)
 
 
-def describe(path) -> str:
-    """The recipe's first comment line (its one-line description)."""
+def describe(path) -> list[str]:
+    """The recipe's leading comment block (its description), one entry per line; else its task."""
+    lines: list[str] = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
-            if line.startswith("#"):
-                return line.lstrip("# ").strip()
-            if line.strip():
+            if not line.startswith("#"):
                 break
+            lines.append(line[1:].rstrip()[1:] if line[1:2] == " " else line[1:].rstrip())
+    if lines:
+        return lines
     data = yaml.safe_load(open(path, encoding="utf-8")) or {}
-    return f"task {data.get('task', '?')}"
+    return [f"task {data.get('task', '?')}"]
 
 
 def run(args) -> int:
@@ -29,7 +31,10 @@ def run(args) -> int:
     root = REPO_ROOT / "recipes"
     recipes = bundled_recipes()
     width = max((len(str(p.relative_to(root).with_suffix(""))) for p in recipes), default=0)
-    for path in recipes:
+    for i, path in enumerate(recipes):
         name = str(path.relative_to(root).with_suffix(""))
-        print(f"{name:<{width}}  {describe(path)}")
+        first, *more = describe(path)
+        print(("\n" if i else "") + f"{name:<{width}}  {first}")
+        for line in more:
+            print(f"{'':<{width}}  {line}")
     return 0

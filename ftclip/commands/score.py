@@ -23,6 +23,11 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--stage", metavar="STAGE",
+                   help="use the final weights of this finished stage of a run directory (default: the finished run's last stage; an unfinished run is refused)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="of a run directory: last, the stage's final weights (default); best: its best.ckpt "
+                        "(stages.<stage>.monitor)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +43,7 @@ def run(args) -> int:
         check_output_file(args.out, "--out", args.overwrite)
     path_kind(args.source)
     inputs = collect_inputs(list(args.inputs))
-    model = load_for_inference(args.source, device=args.device)
+    model = load_for_inference(args.source, device=args.device, stage=args.stage, checkpoint=args.checkpoint)
     model.task.require_output("score", "score")
     bad: list[tuple[Path, str]] = []
     scores: dict[Path, float] = {}

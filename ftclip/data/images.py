@@ -196,8 +196,11 @@ def check_images(
     if workers == 1 or len(items) < 2:
         reasons = [_probe(p) for p in items]
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            reasons = list(pool.map(_probe, items, chunksize=16))
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            reasons = list(pool.map(_probe, items))
+        finally:  # a signal (ftclip fit's Interrupted, Ctrl-C) stops at once: the queued decodes are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
     ok = [p for p, r in zip(items, reasons) if r is None]
     bad = [(p, r) for p, r in zip(items, reasons) if r is not None]
     if bad and policy == "error":

@@ -30,10 +30,18 @@ class SkippingBatchSampler(Sampler):
     def __init__(self, inner):
         self.inner = inner
         self._skip: tuple[int, int] | None = None  # (epoch, batches to skip in it)
+        self.iterated_epoch: int | None = None  # the epoch of the latest iteration (what the loop's count is of)
 
     @property
     def epoch(self) -> int:
         return int(getattr(self.inner, "epoch", getattr(getattr(self.inner, "sampler", None), "epoch", 0)))
+
+    @property
+    def sampler(self) -> "SkippingBatchSampler":
+        """Where Lightning's ``_set_sampler_epoch`` looks (``loader.sampler`` and ``loader.batch_sampler.sampler``,
+        never ``loader.batch_sampler`` itself): without it the sampler stayed at epoch 0 in every epoch of an
+        uninterrupted run (same order, same augmentation seeds), while a resume set the right epoch."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.inner, "set_epoch"):
@@ -48,12 +56,19 @@ class SkippingBatchSampler(Sampler):
     def __iter__(self):
         pending, self._skip = self._skip, None
         skip = pending[1] if pending is not None and pending[0] == self.epoch else 0
+        self.iterated_epoch = self.epoch
         for i, batch in enumerate(self.inner):
             if i >= skip:
                 yield batch
 
     def __len__(self) -> int:
+        """The inner sampler's; a TypeError for one without (a P x K sampler), so the loader has none either."""
         return len(self.inner)
+
+    def max_batches(self) -> int:
+        """Batches per epoch: the inner sampler's ``len()``, or its upper bound when it has none."""
+        bound = getattr(self.inner, "max_batches", None)
+        return int(bound()) if bound is not None else len(self.inner)
 
 
 class ResumableDataLoader(DataLoader):
@@ -66,14 +81,18 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         epoch, done, finished = self._progress()
-        return {"epoch": int(epoch), "done": int(done), "finished": bool(finished), "total": len(self.batch_sampler)}
+        if self.batch_sampler.iterated_epoch is not None:
+            # the batch counts are of the epoch last iterated; Lightning's epoch counter has moved past it when
+            # the checkpoint is written after the epoch ended (the engine's final save after a max_steps stop)
+            epoch = self.batch_sampler.iterated_epoch
+        return {"epoch": int(epoch), "done": int(done), "finished": bool(finished), "total": self.batch_sampler.max_batches()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done, total = int(state["epoch"]), int(state["done"]), int(state["total"])
-        if total != len(self.batch_sampler):
+        if total != self.batch_sampler.max_batches():
             raise FtclipError(
                 f"cannot resume: the checkpoint was written with {total} training batches per epoch, this loader has "
-                f"{len(self.batch_sampler)}: the data or the batch size changed since the run started; put them back "
+                f"{self.batch_sampler.max_batches()}: the data or the batch size changed since the run started; put them back "
                 "as they were (the batch sizes in RUN_DIR/config.yaml, the data set's files), or delete the stage's "
                 "last.ckpt to train that stage again from its beginning"
             )
@@ -87,7 +106,7 @@ def trainer_progress(owner) -> Callable[[], tuple[int, int, bool]]:
     """``() -> (epoch, batches finished in it, epoch finished)`` from ``owner.trainer``.
 
     ``owner`` is a LightningDataModule. "Finished" is Lightning's own end-of-data flag, so an
-    epoch that yields fewer batches than ``len()`` (a P x K sampler can) is still recognised.
+    epoch that yields fewer batches than its bound (a P x K sampler's can) is still recognised.
     """
 
     def progress() -> tuple[int, int, bool]:
@@ -110,4 +129,11 @@ def resumable_loader(owner, dataset, *, batch_sampler=None, sampler=None, batch_
         if sampler is None:
             raise ValueError("resumable_loader needs a batch_sampler or a sampler")
         batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
-    return ResumableDataLoader(dataset, SkippingBatchSampler(batch_sampler), trainer_progress(owner), **kwargs)
+    skipping = SkippingBatchSampler(batch_sampler)
+    trainer = getattr(owner, "trainer", None)
+    if trainer is not None:
+        # Lightning fetches one batch ahead from a loader without len() (a P x K one) when it sets the loader
+        # up, before it calls set_epoch: start at the epoch it is about to train (after a resume from an epoch's
+        # end that is not 0, and Lightning then loads no loader state; a mid-epoch one is loaded before that)
+        skipping.set_epoch(int(trainer.current_epoch))
+    return ResumableDataLoader(dataset, skipping, trainer_progress(owner), **kwargs)

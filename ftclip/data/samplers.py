@@ -45,11 +45,14 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
     every rank sees whole identity groups and no image is sent to two ranks in one epoch.
 
     How many batches an epoch yields depends on its draws (the last identities left may be
-    fewer than P while chunks remain). ``len()`` is therefore an upper bound, the same every
-    epoch, that no epoch exceeds: the most batches of P distinct identities the chunk counts
-    allow at all (the largest ``B`` with ``sum_i min(chunks_i, B) >= P * B``), divided among the
-    ranks. An epoch may end a few batches before it (Lightning ends the epoch when the loader
-    is exhausted); it never runs past it, so Lightning never cuts an epoch short.
+    fewer than P while chunks remain), as in the reference, whose epochs vary in length too. So
+    the sampler has no ``len()``: Lightning then ends an epoch when the loader is exhausted and,
+    knowing the last batch by fetching one ahead, still steps the epoch's lr schedule and runs
+    its validation there. (With a ``len()`` Lightning does neither in an epoch that ends before
+    it: a schedule would stop at the first short epoch.) :meth:`max_batches` is an upper bound,
+    the same every epoch, that no epoch exceeds: the most batches of P distinct identities the
+    chunk counts allow at all (the largest ``B`` with ``sum_i min(chunks_i, B) >= P * B``),
+    divided among the ranks.
     """
 
     def __init__(self, pids: list[int], batch_size: int, num_instances: int, *, seed: int = 0,
@@ -106,7 +109,8 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
         usable = len(batches) - len(batches) % self.world_size
         yield from batches[self.rank:usable:self.world_size]
 
-    def __len__(self) -> int:
+    def max_batches(self) -> int:
+        """The most batches any epoch yields on this rank (an epoch may yield fewer; see the class docstring)."""
         return self._num_batches
 
 

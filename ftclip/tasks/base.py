@@ -18,6 +18,7 @@ a message naming the part (see :meth:`Task.__init_subclass__`).
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch import nn
 
 from ftclip.backbone import Backbone
 from ftclip.data.module import StagedDataModule
-from ftclip.errors import ConfigError, FtclipError
+from ftclip.errors import ConfigError, DivergedError, FtclipError
 from ftclip.stages import (ParamGroups, build_optimizer, build_scheduler, check_stage_losses, describe_trainable,
                            freeze_for_stage)
 from ftclip.towers import batchnorm_layers
@@ -146,6 +147,9 @@ class StagedModule(L.LightningModule, ABC):
         self.lora_summary = None
         self.info: dict = {}  # what the module's shape depends on; saved in checkpoints
         self._unchecked_losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss): check_finite
+        self._weight_scale: dict[str, float] | None = None  # max |w| per trainable tensor at the stage's start
+        self._restored_scale: dict | None = None  # the same, as a resumed checkpoint recorded it
+        self.step_log: dict[str, torch.Tensor] = {}  # this step's train/* values, for the run's history
         lora_cfg = getattr(getattr(cfg, "strategies", None), "lora", None)
         if lora_cfg is not None and lora_cfg.enabled:
             from ftclip.strategies.lora import apply_lora
@@ -248,9 +252,23 @@ class StagedModule(L.LightningModule, ABC):
             return None
         optimizer = build_optimizer(trainable, stage.optimizer)
         interval = str(stage.schedule.interval)
-        length = int(self.trainer.estimated_stepping_batches) if interval == "step" else int(stage.epochs)
+        length = self.stage_steps() if interval == "step" else int(stage.epochs)
         scheduler = build_scheduler(optimizer, stage.schedule, length)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def stage_steps(self) -> int:
+        """Optimizer steps of the stage, for per-step schedules: Lightning's estimate, or -- for a loader without
+        ``len()`` (P x K epochs vary in length) and no ``max_steps`` -- the epochs times the loader's upper
+        bound of batches per epoch (the schedule may then end a little before its last value)."""
+        steps = self.trainer.estimated_stepping_batches  # max_steps (-1: none) for a loader without len()
+        if math.isfinite(steps) and steps > 0:
+            return int(steps)
+        bound = getattr(getattr(self.trainer.train_dataloader, "batch_sampler", None), "max_batches", None)
+        if bound is None:
+            raise ConfigError(f"stages.{self.stage_name}.schedule.interval=step needs the stage's number of steps: "
+                              f"set stages.{self.stage_name}.max_steps")
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        return max(1, int(bound()) * int(self.stage_cfg.epochs) // accumulate)
 
     # ------------------------------------------------------------------ helpers
     def gather_by_index(self, values: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
@@ -275,6 +293,12 @@ class StagedModule(L.LightningModule, ABC):
         out = values.new_empty((total, *values.shape[1:]))
         out[index] = values
         return out
+
+    def log(self, name: str, value, *args, **kwargs) -> None:
+        """Lightning's ``log``; a ``train/*`` value is also kept for the stage's history file (ftclip/logs.py)."""
+        if name.startswith("train/") and isinstance(value, (torch.Tensor, int, float)):
+            self.step_log[name] = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        super().log(name, value, *args, **kwargs)
 
     def loss_weight(self, name: str, default: float = 0.0) -> float:
         return float(self.stage_cfg.losses.get(name, default))
@@ -308,18 +332,68 @@ class StagedModule(L.LightningModule, ABC):
         if not bool(bad.any()):
             return
         epoch, step, loss = pending[int(bad.to(torch.int8).argmax())]
+        raise DivergedError(f"stage '{self.stage_name}': the loss became {loss.float().item()} at epoch {epoch}, "
+                            f"step {step}; training stopped. {self._after_divergence()}")
+
+    def on_train_start(self) -> None:
+        """Each trainable tensor's max |w| at the stage's start (kept across a resume in the checkpoint):
+        what :meth:`check_before_save` measures growth against."""
+        restored, self._restored_scale = self._restored_scale, None
+        if restored and restored.get("stage") == self.stage_name:
+            self._weight_scale = dict(restored["max_abs"])
+            return
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        values = torch.stack([p.detach().abs().max().float() for _, p in trainable]).tolist() if trainable else []
+        self._weight_scale = {n: float(v) for (n, _), v in zip(trainable, values)}
+
+    def check_before_save(self, checkpoint: dict) -> None:
+        """The one check before any checkpoint is written (every save, step, epoch-end, interruption or
+        final, goes through ``on_save_checkpoint``), so the checkpoint a resume uses never holds
+        diverged weights: the losses not read yet must be finite (:meth:`raise_if_not_finite`); and as a
+        loss can be finite while the update it drove is not, the weights are checked too: every tensor
+        must be finite, and no trainable tensor may have grown beyond ``trainer.max_weight_growth``
+        times its max |w| at the stage's start (at least 1). A finite but exploded update (lr=1e6 multiplies weights by ~1e5 in one Adam step) leaves a
+        checkpoint from which every next gradient is NaN, whatever the lr: it must not be the one kept.
+        """
+        self.raise_if_not_finite()  # the losses kept since the last read (no checkpoint after a bad loss)
+        tensors = [(k, v) for k, v in checkpoint.get("state_dict", {}).items()
+                   if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()):
+            bad = [k for k, v in tensors if not bool(torch.isfinite(v).all())]
+            self._diverged(f"the weights are not finite after the update of step {self.global_step} "
+                           f"(epoch {self.current_epoch}): NaN/inf in {_first(bad)}")
+        growth = float(getattr(self.cfg.trainer, "max_weight_growth", 0) or 0)
+        scale = self._weight_scale
+        if growth <= 0 or not scale:
+            return
+        params = dict(self.named_parameters())
+        names = [n for n in scale if n in params]
+        now = torch.stack([params[n].detach().abs().max().float() for n in names]).tolist() if names else []
+        over = [(n, scale[n], v) for n, v in zip(names, now) if v > growth * max(scale[n], 1.0)]
+        if over:
+            name, before, after = max(over, key=lambda item: item[2] / max(item[1], 1.0))
+            self._diverged(
+                f"the weights exploded in the update of step {self.global_step} (epoch {self.current_epoch}): "
+                f"max |w| of {name} went from {before:.3g} at the stage's start to {after:.3g} "
+                f"(trainer.max_weight_growth={growth:g} allows {growth * max(before, 1.0):.3g}); "
+                f"{len(over)} tensor(s) grew like this: {_first([n for n, _, _ in over])}")
+
+    def _diverged(self, what: str) -> None:
+        raise DivergedError(f"stage '{self.stage_name}': {what}; that checkpoint was not written and training "
+                            f"stopped. {self._after_divergence()}")
+
+    def _after_divergence(self) -> str:
+        """Which checkpoint a resume continues from, and the resume command with a lower lr."""
         callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
-        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
-        if last is not None and last.is_file():
-            kept = f"the last good checkpoint {last} was kept"
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        run = folder.parent.parent if folder is not None else "RUN_DIR"
+        if folder is not None and (folder / "last.ckpt").is_file():
+            kept = f"The last finite checkpoint {folder / 'last.ckpt'} was kept; a resume continues from it"
         else:
-            kept = ("no checkpoint of this stage was written yet (trainer.ckpt_every_n_steps keeps step "
-                    "checkpoints), so a resume restarts the stage")
-        raise FtclipError(
-            f"stage '{self.stage_name}': the loss became {loss.float().item()} at epoch {epoch}, "
-            f"step {step}; training stopped and {kept}. Lower stages.{self.stage_name}.optimizer.lr "
-            "in RUN_DIR/config.yaml (or check the data), then `ftclip fit --resume RUN_DIR`"
-        )
+            kept = f"No checkpoint of stage '{self.stage_name}' was written yet, so a resume starts the stage again"
+        lower = float(self.stage_cfg.optimizer.lr) / 10 if self.stage_cfg is not None else 1e-5
+        return (f"{kept}. Lower the lr (or check the data) and resume: "
+                f"ftclip fit --resume {run} stages.{self.stage_name}.optimizer.lr={lower:g}")
 
     def on_train_epoch_end(self) -> None:
         self.raise_if_not_finite()
@@ -355,14 +429,23 @@ class StagedModule(L.LightningModule, ABC):
         """The task's section of the export's model card (markdown; may be empty)."""
         return ""
 
+    def load_export_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The inverse of :meth:`export_tensors`: put an export's task tensors back into this module
+        (``ftclip eval EXPORT`` evaluates an export through the module's own validation)."""
+        raise FtclipError(f"task '{self.cfg.task}' cannot evaluate an export (its module does not implement "
+                          "load_export_tensors); evaluate the run directory instead: ftclip eval RUN_DIR")
+
     def on_stage_end(self, run, stage: str) -> None:
         """After each evaluation is recorded in the run directory (rank 0 only), e.g. task plots."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.raise_if_not_finite()  # before anything is written: no checkpoint holds a step after a bad loss
+        self.check_before_save(checkpoint)
         checkpoint["ftclip"] = {"stage": self.stage_name, "backbone": self.backbone.metadata(), "info": self.info}
+        if self._weight_scale:
+            checkpoint["ftclip"]["weight_scale"] = {"stage": self.stage_name, "max_abs": dict(self._weight_scale)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_scale = checkpoint.get("ftclip", {}).get("weight_scale")
         saved = checkpoint.get("ftclip", {}).get("backbone", {})
         mine = self.backbone.metadata()
         if saved and (saved.get("model_name") != mine["model_name"] or saved.get("image_size") != mine["image_size"]):
@@ -370,3 +453,7 @@ class StagedModule(L.LightningModule, ABC):
                 f"checkpoint is for model {saved.get('model_name')} at {saved.get('image_size')}, but this run builds "
                 f"{mine['model_name']} at {mine['image_size']}; use the run's own config or a matching checkpoint"
             )
+
+
+def _first(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

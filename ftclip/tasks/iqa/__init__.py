@@ -46,6 +46,20 @@ class IqaTask(Task):
                     f"{antonym.context_tokens}: set it to the number of learnable context tokens (CLIP-IQA+ uses 16)"
                 )
 
+    def data_warnings(self, cfg, splits) -> list[str]:
+        """Unlabeled images smaller than the crops a qualiclip stage takes (they are upscaled first)."""
+        if "qualiclip" not in {str(stage.kind) for stage in cfg.stages.values()}:
+            return []
+        ch, cw = (int(v) for v in cfg.model.image_size)
+        small = [(path, size) for path, _ in splits.get("unlabeled", []) if (size := _image_size(path))
+                 and (size[0] < ch or size[1] < cw)]
+        if not small:
+            return []
+        shown = ", ".join(f"{path} ({h}x{w})" for path, (h, w) in small[:5]) + (" ..." if len(small) > 5 else "")
+        return [f"{len(small)} unlabeled image(s) are smaller than the {ch}x{cw} crops (model.image_size) the qualiclip "
+                f"stage takes; they are upscaled before cropping, which blurs them beyond their degradation level: "
+                f"{shown}"]
+
     def build_datamodule(self, cfg) -> IqaDataModule:
         self.check_config(cfg)
         pre = model_preprocess(cfg.model)  # the model's own mean/std/interpolation unless the recipe sets them
@@ -66,6 +80,20 @@ class IqaTask(Task):
         scale = float(text["logit_scale"].item()) if "logit_scale" in text else float(meta.get("logit_scale", 100.0))
         pos, neg = text["positive"].float(), text["negative"].float()
         return quality_score(features.float(), pos.to(features.device), neg.to(features.device), scale)
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(height, width) as shown (EXIF rotation applied) from the file header; None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when shown
+                w, h = h, w
+    except (OSError, ValueError):
+        return None
+    return h, w
 
 
 TASK = IqaTask()

@@ -210,22 +210,23 @@ class IqaDataModule(StagedDataModule):
             folders = [folders] if isinstance(folders, str) else list(folders)
             self.unlabeled = sorted({p for f in folders for p in list_images(str(f))})
         if "mos" in kinds:
-            if data.root is None:
+            root = data.root if data.root is not None else data.csv  # a CSV list is a data set by itself
+            if root is None:
                 raise ConfigError("stage kind 'mos' trains on MOS labels: set data.root (and data.format: koniq10k, "
-                                  "spaq, kadid10k, livec, csv or auto)")
+                                  "spaq, kadid10k, livec, csv or auto), or data.csv=/path/list.csv")
             self.labeled = self.drop_repeats(
-                load_iqa_dataset(data.format, data.root, split=data.split, csv_path=data.csv, images_dir=data.images_dir),
-                _path, f"the labeled set {data.root}")
-            self.labeled_format = resolve_format(data.format, data.root, csv_path=data.csv).name
+                load_iqa_dataset(data.format, root, split=data.split, csv_path=data.csv, images_dir=data.images_dir),
+                _path, f"the labeled set {root}")
+            self.labeled_format = resolve_format(data.format, root, csv_path=data.csv).name
         self.eval_sets = []
         for name in self.cfg.eval.sets:
             sc = self._eval_set_cfg(str(name))
-            root = sc.root
+            root = sc.root if sc.root is not None else sc.csv  # a CSV list is a data set by itself
             if root is None and str(name) in SYNTHETIC_EVAL_FILES and synthetic is not None:
                 root = str(synthetic / SYNTHETIC_EVAL_FILES[str(name)])
             if root is None:
                 raise ConfigError(f"eval.sets names '{name}' but eval.{name}.root is not set; "
-                                  f"e.g. eval.{name}.root=/data/{name}")
+                                  f"e.g. eval.{name}.root=/data/{name} (or eval.{name}.csv=/path/list.csv)")
             samples = self.drop_repeats(
                 load_iqa_dataset(sc.format, root, split=sc.split, csv_path=sc.csv, images_dir=sc.images_dir),
                 _path, f"eval set '{name}' ({root})")
@@ -260,7 +261,8 @@ class IqaDataModule(StagedDataModule):
             return tuple(float(v) for v in self.cfg.data.mos_range)  # type: ignore[return-value]
         if self.labeled_format is not None:
             data = self.cfg.data
-            scale = resolve_format(data.format, data.root, csv_path=data.csv).mos_scale(Path(data.root).expanduser())
+            root = data.root if data.root is not None else data.csv
+            scale = resolve_format(data.format, root, csv_path=data.csv).mos_scale(Path(root).expanduser())
             if scale is not None:
                 return scale
         values = [s.mos for s in self.labeled]

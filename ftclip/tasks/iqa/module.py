@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ftclip.errors import FtclipError
 from ftclip.tasks.base import StagedModule
 from ftclip.tasks.iqa.antonym import AntonymPrompts
 from ftclip.tasks.iqa.losses import QUALICLIP_MARGIN_CONS, QUALICLIP_MARGIN_RANK, mos_loss, qualiclip_losses
@@ -44,6 +45,7 @@ class IqaModule(StagedModule):
         self.info = dict(info or {})
         self._val_outputs: list[dict[str, torch.Tensor]] = []
         self.last_predictions: dict[str, tuple[list[float], list[float], list[float]]] = {}  # scores, MOS, logits
+        self.last_paths: dict[str, list[str]] = {}  # the images of last_predictions, in order
 
     def parameter_groups(self):
         groups = super().parameter_groups()
@@ -80,6 +82,19 @@ class IqaModule(StagedModule):
         prompts = {} if self.antonym.context is None else {
             "context": self.antonym.context.ctx.detach().float().cpu().contiguous()}
         return {"text_features": self.antonym.export_features(), "prompts": prompts}
+
+    @torch.no_grad()
+    def load_export_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """An export's learned context back into this module (``ftclip eval EXPORT``); the antonym text
+        features are then recomputed from the export's text tower, as after any weight load."""
+        context = tensors.get("prompts", {}).get("context")
+        mine = None if self.antonym.context is None else self.antonym.context.ctx
+        if (context is None) != (mine is None) or context is not None and tuple(context.shape) != tuple(mine.shape):
+            raise FtclipError("the export's learned prompt context does not match strategies.antonym.context_tokens "
+                              "of the recipe; evaluate with the recipe the export was trained with")
+        if context is not None:
+            mine.copy_(context)
+        self.antonym.refresh()
 
     def on_fit_start(self) -> None:
         self.antonym.refresh()
@@ -150,12 +165,14 @@ class IqaModule(StagedModule):
         logits = self.gather_by_index(logits, index, len(samples)).cpu()
         scores = torch.sigmoid(logits)  # = quality_score, float64
         by_set: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        paths: dict[str, list[str]] = {}
         for (name, sample), value, logit in zip(samples, scores.tolist(), logits.tolist()):
             preds, mos, z = by_set.setdefault(name, ([], [], []))
             preds.append(value)
             mos.append(sample.mos)
             z.append(logit)
-        self.last_predictions = by_set
+            paths.setdefault(name, []).append(sample.path)
+        self.last_predictions, self.last_paths = by_set, paths
         for name, (preds, mos, z) in by_set.items():
             result = evaluate_iqa(preds, mos, z)  # SRCC from the log-odds: no ties where scores saturate
             for key in ("srcc", "plcc"):
@@ -163,12 +180,15 @@ class IqaModule(StagedModule):
                 self.log(f"val/{name}/{key}", float(value), rank_zero_only=False, sync_dist=False)
 
     def on_stage_end(self, run, stage: str) -> None:
-        """Scatter plot (predicted score vs MOS) per eval set -> ``plots/<stage>_<set>_scatter.png``."""
+        """Per eval set: predicted score vs MOS -> ``plots/<stage>_<set>_scatter.png``; the best and worst
+        scored images -> ``plots/<stage>_<set>_extremes.png``."""
         if not self.cfg.eval.plots or not self.last_predictions:
             return
         if self._trainer is not None and self._trainer.global_rank != 0:
             return
-        from ftclip.tasks.iqa.plots import plot_scatter
+        from ftclip.tasks.iqa.plots import plot_extremes, plot_scatter
 
         for name, (preds, mos, logits) in self.last_predictions.items():
             plot_scatter(run.plots_dir() / f"{stage}_{name}_scatter.png", preds, mos, logits, title=f"{stage}: {name}")
+            plot_extremes(run.plots_dir() / f"{stage}_{name}_extremes.png", self.last_paths.get(name, []), preds, mos,
+                          logits, title=f"{stage}: {name}")

@@ -1,18 +1,19 @@
-"""IQA plots: predicted quality score and its log-odds against MOS (matplotlib, no display needed)."""
+"""IQA plots of an evaluation: predicted quality score and its log-odds against MOS, and the best and worst
+scored images."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ftclip.data.images import read_image
+from ftclip.errors import DataError
+from ftclip.plots import plt, save_figure
+from ftclip.tasks.iqa.metrics import evaluate_iqa
 
-from ftclip.io import atomic_write  # noqa: E402
-from ftclip.tasks.iqa.metrics import evaluate_iqa  # noqa: E402
+EXTREMES = 5  # images per row of the best/worst grid
 
 
 def plot_scatter(path: Path, preds: list[float], mos: list[float], logits: list[float] | None = None,
@@ -42,8 +43,35 @@ def plot_scatter(path: Path, preds: list[float], mos: list[float], logits: list[
         ax.set_title(f"logit range [{z.min():.2f}, {z.max():.2f}], std {z.std():.2f}; "
                      f"{saturated}/{z.size} scores exactly 0 or 1 in float32", fontsize=9)
     fig.tight_layout()
-    try:
-        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, Path(path))
+
+
+def plot_extremes(path: Path, paths: list[str], preds: list[float], mos: list[float], logits: list[float] | None = None,
+                  title: str = "", k: int = EXTREMES) -> Path | None:
+    """Two rows: the ``k`` highest scored images (top) and the ``k`` lowest (bottom), with score and MOS;
+    ranked by the log-odds where given (scores that saturate at 0 or 1 tie, their log-odds do not)."""
+    if not paths or len(paths) != len(preds):
+        return None
+    rank = logits if logits is not None and len(logits) == len(preds) else preds
+    order = sorted(range(len(preds)), key=lambda i: (-rank[i], i))
+    k = min(k, max(1, len(order) // 2))
+    rows = [("best scored", order[:k]), ("worst scored", order[::-1][:k])]
+    fig, axes = plt.subplots(2, k, figsize=(2.0 * k, 4.6), squeeze=False)
+    for (label, picks), row in zip(rows, axes):
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(picks):
+                ax.axis("off")
+                continue
+            i = picks[j]
+            try:
+                ax.imshow(read_image(paths[i]))
+            except DataError:  # an image that vanished since the evaluation: leave the cell blank
+                ax.imshow(np.full((8, 8, 3), 255, np.uint8))
+            ax.set_title(f"score {preds[i]:.3f}\nMOS {mos[i]:.3g}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(f"{title}: best and worst scored images", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))

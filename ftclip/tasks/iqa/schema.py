@@ -79,7 +79,6 @@ class IqaEvalConfig(EvalConfig):
     # root null: <data.synthetic_dir>/transfer.csv (other content, distortions training never saw)
     synthetic_transfer: EvalSetConfig = field(default_factory=lambda: EvalSetConfig(format="csv"))
     extra: Dict[str, EvalSetConfig] = field(default_factory=dict)  # any other named sets
-    plots: bool = True  # scatter plot (predicted vs MOS) per set into plots/ after each stage
 
 
 @dataclass

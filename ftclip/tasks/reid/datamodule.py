@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -88,9 +89,8 @@ class ReidDataModule(StagedDataModule):
             write_synthetic_reid(data.root, num_ids=int(data.synthetic_ids), seed=int(self.cfg.seed))
         dataset = load_reid_dataset(data.format, data.root, csv_path=data.csv)
         where = f"of {dataset.name} data at {dataset.root}"
-        dataset = ReidDataset(dataset.name, dataset.root,
-                              *(self.drop_repeats(getattr(dataset, split), _path, f"the {split} split {where}")
-                                for split in ("train", "query", "gallery")), dataset.vehicle)
+        dataset = replace(dataset, **{split: self.drop_repeats(getattr(dataset, split), _path, f"the {split} split {where}")
+                                      for split in ("train", "query", "gallery")})
         if data.check_images:
             every = dataset.train + dataset.query + dataset.gallery
             _, bad = check_images([s.path for s in every], policy=data.on_bad_image,
@@ -101,10 +101,8 @@ class ReidDataModule(StagedDataModule):
                 names = ", ".join(path for path, _ in bad[:5])
                 print(f"skipped {len(bad)} unreadable image(s) (data.on_bad_image=skip): {names}"
                       + (" ..." if len(bad) > 5 else ""))
-                dataset = ReidDataset(dataset.name, dataset.root,
-                                      [s for s in dataset.train if s.path not in skip],
-                                      [s for s in dataset.query if s.path not in skip],
-                                      [s for s in dataset.gallery if s.path not in skip], dataset.vehicle)
+                dataset = replace(dataset, **{split: [s for s in getattr(dataset, split) if s.path not in skip]
+                                              for split in ("train", "query", "gallery")})
         self.dataset = dataset
         self._check_pk_batches(dataset)
         return dataset
@@ -182,5 +180,8 @@ class ReidDataModule(StagedDataModule):
 
     def check_splits(self) -> dict[str, list[tuple[str, dict]]]:
         ds = self.load()
-        return {name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
-                for name in ("train", "query", "gallery")}
+        # the data set's own identities (training labels are relabelled 0..n-1 for the classifier)
+        splits = {"train": [(s.path, {"id": ds.identity(s.pid), "camera": s.camid}) for s in ds.train]}
+        splits.update({name: [(s.path, {"id": s.pid, "camera": s.camid}) for s in getattr(ds, name)]
+                       for name in ("query", "gallery")})
+        return splits

@@ -27,7 +27,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ftclip.errors import ConfigError
-from ftclip.towers import image_kind, resnet_stages, timm_pre_logits
+from ftclip.towers import resnet_stages, timm_pre_logits
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ftclip.errors import FtclipError
 from ftclip.strategies.prompts import IdPrompts
 from ftclip.tasks.base import StagedModule
 from ftclip.tasks.reid.features import ReidFeatures, check_reid_tower, reid_features
@@ -48,6 +49,7 @@ class ReidModule(StagedModule):
         self.register_buffer("label_cache", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("id_text_features", torch.empty(0), persistent=False)
         self._val_outputs: list[dict[str, torch.Tensor]] = []
+        self.last_eval: dict | None = None  # the last evaluation's CMC and rank lists, for on_stage_end's plots
 
     def parameter_groups(self):
         groups = super().parameter_groups()
@@ -191,6 +193,17 @@ class ReidModule(StagedModule):
                 "prompts": {"ctx": self.prompts.ctx.detach().cpu()},
                 "heads": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
 
+    @torch.no_grad()
+    def load_export_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """An export's prompts (``ctx``) and heads back into this module (``ftclip eval EXPORT``)."""
+        ctx, heads = tensors.get("prompts", {}).get("ctx"), tensors.get("heads", {})
+        if ctx is None or not heads:
+            raise FtclipError("the export lacks prompts.safetensors (ctx) or heads.safetensors; re-export the run")
+        if tuple(ctx.shape) != tuple(self.prompts.ctx.shape):
+            raise FtclipError(f"the export's prompts are {list(ctx.shape)}, this model's {list(self.prompts.ctx.shape)}")
+        self.prompts.ctx.copy_(ctx)
+        self.head.load_state_dict(heads, strict=True)
+
     def model_card(self, meta: dict) -> str:
         """How to compute the re-ID feature (the pooled feature before the projection) with plain open_clip."""
         feature = meta["feature"]
@@ -257,3 +270,23 @@ def task_feature(model, images):              # images: preprocess(...) outputs 
                                metric=str(self.cfg.eval.metric))
         for key in ("mAP", "rank1", "rank5", "rank10"):
             self.log(f"val/{key}", float(result[key]), rank_zero_only=False, sync_dist=False)
+        self.last_eval = None
+        if self.cfg.eval.plots and self.trainer.is_global_zero:
+            from ftclip.tasks.reid.plots import rank_lists
+
+            paths = [s.path for s in samples]
+            ranked = rank_lists(feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
+                                cams[:num_query], cams[num_query:], paths[:num_query], paths[num_query:])
+            self.last_eval = {"cmc": [float(v) for v in result["cmc"]], "mAP": float(result["mAP"]), "ranked": ranked}
+
+    def on_stage_end(self, run, stage: str) -> None:
+        """``plots/<stage>_ranklist.png`` (a few queries and their top-10 gallery) and ``plots/<stage>_cmc.png``."""
+        if not self.cfg.eval.plots or self.last_eval is None:
+            return
+        from ftclip.tasks.reid.plots import plot_cmc, plot_rank_list
+
+        h, w = (int(v) for v in self.backbone.metadata()["image_size"])
+        scale = 128 / max(h, w)
+        plot_rank_list(run.plots_dir() / f"{stage}_ranklist.png", self.last_eval["ranked"], stage,
+                       size=(max(16, int(h * scale)), max(16, int(w * scale))))
+        plot_cmc(run.plots_dir() / f"{stage}_cmc.png", self.last_eval["cmc"], self.last_eval["mAP"], stage)

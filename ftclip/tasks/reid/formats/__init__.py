@@ -104,9 +104,11 @@ def _locate(fmt: ReidFormat, root: Path) -> Path:
     )
 
 
-def _relabel(samples: list[ReidSample]) -> list[ReidSample]:
-    mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
-    return [ReidSample(s.path, mapping[s.pid], s.camid) for s in samples]
+def _relabel(samples: list[ReidSample]) -> tuple[list[ReidSample], tuple[int, ...]]:
+    """Training identities -> labels ``0..n-1`` in sorted raw-pid order; also the raw pid of each label."""
+    raw = tuple(sorted({s.pid for s in samples}))
+    mapping = {pid: i for i, pid in enumerate(raw)}
+    return [ReidSample(s.path, mapping[s.pid], s.camid) for s in samples], raw
 
 
 def _validate(fmt: ReidFormat, path: Path, train: list[ReidSample], query: list[ReidSample],
@@ -151,5 +153,6 @@ def load_reid_dataset(format: str, root: str | Path, *, csv_path: str | Path | N
     path = fmt.resolve(path, csv_path)
     train, query, gallery = fmt.parse(path)
     _validate(fmt, path, train, query, gallery)
-    return ReidDataset(name=fmt.name, root=str(path), train=_relabel(train), query=query, gallery=gallery,
-                       vehicle=fmt.vehicle)
+    train, raw_pids = _relabel(train)
+    return ReidDataset(name=fmt.name, root=str(path), train=train, query=query, gallery=gallery,
+                       vehicle=fmt.vehicle, train_pids=raw_pids)

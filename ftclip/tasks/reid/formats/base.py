@@ -41,6 +41,11 @@ class ReidDataset:
     query: list[ReidSample]
     gallery: list[ReidSample]
     vehicle: bool = False  # vehicles (VeRi-776): the prompt template says "vehicle"
+    train_pids: tuple[int, ...] = ()  # the data set's own identity of each training label (label -> raw pid)
+
+    def identity(self, label: int) -> int:
+        """The data set's identity (raw pid) of training label ``label`` (the label itself if unknown)."""
+        return self.train_pids[label] if 0 <= label < len(self.train_pids) else label
 
     @property
     def num_train_pids(self) -> int:
