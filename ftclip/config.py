@@ -46,10 +46,12 @@ class ModelConfig:
     name: str = MISSING  # any open_clip model name, e.g. ViT-B-16, or an ftclip tiny model
     pretrained: Optional[str] = None  # open_clip tag (openai, laion2b_s34b_b88k) or a local file
     image_size: List[int] = within(Each(POSITIVE_INT, length=2), factory=lambda: [224, 224])  # [height, width]
-    mean: Optional[List[float]] = within(Each(FINITE, length=3), None)  # None: from the pretrained tag, else OpenAI's
+    # None: the pretrained tag's, else the architecture's own (MobileCLIP: mean 0, std 1, bilinear;
+    # SigLIP: 0.5 / 0.5), else CLIP's (OpenAI mean/std, bicubic); see backbone.model_preprocess
+    mean: Optional[List[float]] = within(Each(FINITE, length=3), None)
     std: Optional[List[float]] = within(Each(POSITIVE, length=3), None)
     # resize kernel of evaluation, inference and the export's open_clip preprocessing (PIL, squash to
-    # image_size): bicubic | bilinear; None: the pretrained tag's (open_clip's), else bicubic
+    # image_size): bicubic | bilinear; None: the pretrained tag's (open_clip's), else the architecture's own, else bicubic
     interpolation: Optional[str] = within(OneOf(*INTERPOLATIONS), None)
     # resize kernel of training inputs; None: model.interpolation
     train_interpolation: Optional[str] = within(OneOf(*INTERPOLATIONS), None)
@@ -57,6 +59,12 @@ class ModelConfig:
     cache_dir: Optional[str] = None  # where open_clip looks for downloaded weights
     download: bool = False  # fetch a missing pretrained tag from the network (off: never wait on a network)
     grad_checkpointing: bool = False
+    # ResNet towers: stride of the last stage. 2 is open_clip's; 1 is CLIP-ReID's variant (twice the grid,
+    # non-square input allowed, the attention pool's positional embedding resized); re-ID recipes default to 1
+    resnet_last_stride: int = within(OneOf(1, 2), 2)
+    # BatchNorm layers of the backbone (ResNet, FastViT) update their running statistics only in stages that
+    # train them with at least this many images per device; below it, and when frozen, they stay in eval mode
+    batchnorm_min_batch: int = within(NON_NEGATIVE_INT, 8)
 
 
 @dataclass
@@ -157,7 +165,10 @@ class TrainerConfig:
     logger: Any = within(OneOf(*LOGGERS) | Each(OneOf(*LOGGERS), min_length=1), "csv")
 
 
-EXPORT_FORMATS = ("open_clip", "onnx")  # ftclip/artifacts/export.py; open_clip is always written
+EXPORT_FORMATS = ("open_clip", "onnx", "hf")  # ftclip/artifacts/export.py; open_clip is always written
+HF_TEXT_LAYERS = ("last", "penultimate")  # --format hf: what text_encoder/ outputs (ftclip/artifacts/hf.py)
+
+
 def check_interpolation(interpolation: str, key: str = "model.interpolation") -> str:
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"{key} '{interpolation}' is not one of {', '.join(INTERPOLATIONS)} "
@@ -170,6 +181,7 @@ class RunConfig:
     dir: Optional[str] = None  # None: <root>/<name>/<timestamp>
     root: str = "runs"
     export: List[str] = within(Each(OneOf(*EXPORT_FORMATS)), factory=list)  # formats exported at the end
+    hf_text_layer: str = within(OneOf(*HF_TEXT_LAYERS), "last")  # hf export: last (SD 1.x) | penultimate (SD 2.x)
 
 
 @dataclass

@@ -198,7 +198,7 @@ def test_unknown_format_in_recipe_fails_before_training(tiny_reid_root, tmp_path
     from conftest import tiny_reid_overrides
 
     with pytest.raises(ConfigError, match=r"run.export=\['torchscript'\] is not allowed: it must be a list \(each one "
-                                          r"of: open_clip, onnx\)"):
+                                          r"of: open_clip, onnx, hf\)"):
         load_recipe("recipes/demo/reid_synthetic.yaml",
                     tiny_reid_overrides(tiny_reid_root, tmp_path / "run", **{"run.export": "[torchscript]"}))
 

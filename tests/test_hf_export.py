@@ -158,7 +158,7 @@ def test_image_processor_is_ftclip_eval_preprocessing():
     got = processor(images=[smooth], return_tensors="pt")["pixel_values"][0]
     want = apply(eval_transform((64, 64), OPENAI_MEAN, OPENAI_STD), smooth)
     assert got.shape == want.shape == (3, 64, 64)
-    assert (got - want).abs().mean() < 0.02  # torchvision (antialiased) vs OpenCV bicubic: close, not equal
+    assert (got - want).abs().mean() < 0.02  # torchvision (antialiased) vs PIL bicubic: close, not equal
 
 
 # ---------------------------------------------------------------------------------------- refusals

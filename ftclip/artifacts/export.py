@@ -34,11 +34,13 @@ from ftclip.artifacts.inference import ImageEncoder, load_open_clip_export, sele
 from ftclip.artifacts.layout import (EXPORT_META, FEATURES, IMAGE_ONNX, MODEL_CARD, OPEN_CLIP_CONFIG,
                                      OPEN_CLIP_WEIGHTS, TENSOR_FILES, TEXT_ONNX)
 from ftclip.artifacts.manifest import file_hashes, files_in, is_export, read_manifest, written_files
-from ftclip.config import EXPORT_FORMATS, check_interpolation
+from ftclip.backbone import Backbone
+from ftclip.config import EXPORT_FORMATS, HF_TEXT_LAYERS, check_interpolation
 from ftclip.errors import DiskFullError, FtclipError
 from ftclip.io import disk_full_cause, free_bytes, human_bytes, replace_dir, sha256_file
 from ftclip.recipe import config_hash, to_yaml
 from ftclip.runs import RunDir, is_run_dir, load_module_from_run, select_checkpoint
+from ftclip.towers import reparameterizable, reparameterized
 
 log = logging.getLogger("ftclip")
 
@@ -102,14 +104,21 @@ def open_clip_config(backbone) -> dict:
     """The ``open_clip_config.json`` content: the model config with this run's image size and activation,
     and the preprocessing. Its ``preprocess_cfg`` (PIL resize of the run's kernel to height x width,
     'squash', then ToTensor + Normalize) is exactly ftclip's evaluation input
-    (:func:`ftclip.data.transforms.eval_transform`), so open_clip's ``preprocess`` gives what ftclip measured."""
+    (:func:`ftclip.data.transforms.eval_transform`), so open_clip's ``preprocess`` gives what ftclip measured.
+
+    Where plain open_clip cannot build the trained tower from a model config (CLIP-ReID's stride-1 ResNet,
+    a timm ViT trunk at another input size; ``backbone.tower_fit``), the model config keeps the stock
+    architecture's size and an ``ftclip_tower`` entry says how to fit it (see :func:`tower_loading_code`).
+    """
     import open_clip
 
     model_cfg = open_clip.get_model_config(backbone.name)
     if not model_cfg:
         raise FtclipError(f"open_clip has no model config for {backbone.name}; cannot write {OPEN_CLIP_CONFIG}")
     height, width = backbone.preprocess.image_size
-    model_cfg["vision_cfg"]["image_size"] = [height, width] if height != width else height
+    fit = getattr(backbone, "tower_fit", None)
+    if not fit:
+        model_cfg["vision_cfg"]["image_size"] = [height, width] if height != width else height
     model_cfg["quick_gelu"] = bool(backbone.quick_gelu)
     preprocess_cfg = {
         "size": [height, width],
@@ -118,7 +127,31 @@ def open_clip_config(backbone) -> dict:
         "interpolation": check_interpolation(backbone.preprocess.interpolation),
         "resize_mode": "squash",
     }
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    if fit:
+        config["ftclip_tower"] = dict(fit)
+    return config
+
+
+def tower_loading_code(meta: dict, fit: dict) -> str:
+    """The plain open_clip + torch lines that rebuild a fitted tower (``ftclip_tower``) and load the weights."""
+    h, w = fit["image_size"]
+    lines = ["import open_clip, torch", "from safetensors.torch import load_file", "",
+             'folder = "/path/to/this/folder"',
+             f'model = open_clip.create_model(f"local-dir:{{folder}}", load_weights=False)   # stock {meta["model_name"]}',
+             f'state = load_file(f"{{folder}}/{OPEN_CLIP_WEIGHTS}")']
+    if "resnet_last_stride" in fit:
+        if int(fit["resnet_last_stride"]) == 1:
+            lines += ["block = model.visual.layer4[0]                 # CLIP-ReID's ResNet: last stage stride 1",
+                      "block.avgpool = torch.nn.Identity()",
+                      "block.downsample[0] = torch.nn.Identity()"]
+        key = "visual.attnpool.positional_embedding"
+        lines += [f'pool = model.visual.attnpool                  # attention-pool grid of the {h}x{w} input',
+                  f'pool.positional_embedding = torch.nn.Parameter(torch.empty_like(state["{key}"]))']
+    else:
+        lines += [f"model.visual.set_input_size(({h}, {w}))       # timm resizes the trunk's positional grid"]
+    lines += ["model.load_state_dict(state)", "model.eval()"]
+    return "\n".join(lines)
 
 
 def one_liner(meta: dict, path: str) -> str:
@@ -266,21 +299,7 @@ Adapted `{meta['model_name']}` image encoder, fine-tuned with ftclip {meta['vers
 {_metrics_table(meta.get('metrics', {}))}
 ## Load it with open_clip (no ftclip needed)
 
-```python
-import open_clip
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:/path/to/this/folder")
-```
-
-or with the stock model name and the weights file:
-
-```python
-import open_clip
-model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
-```
-
-`model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
-Open images as ftclip read them in training: `ImageOps.exif_transpose(Image.open(path))`, and
-transparent ones composited onto white (ftclip's `docs/export.md`, "Reading the file").
+{_loading_section(meta)}
 {task_section}
 ## Task details
 
@@ -298,6 +317,49 @@ ftclip embed /path/to/this/folder images/ --out feats.npy      # or .parquet / .
 Verified at export: reloaded by plain open_clip, `encode_image` max abs diff
 {meta['verification']['encode_image_max_abs_diff']:.3g} vs the trained model (tolerance {TOLERANCE:g}).
 """
+
+
+def _loading_section(meta: dict) -> str:
+    """How plain open_clip loads this export: ``local-dir:`` (and the one-liner), or the fitting lines."""
+    fit = meta.get("tower_fit")
+    if fit:
+        h, w = fit["image_size"]
+        what = ("CLIP-ReID's ResNet variant (last stage stride 1, attention-pool grid of the input)"
+                if "resnet_last_stride" in fit else f"a timm trunk fitted to {h}x{w} input")
+        text = f"""This encoder is {what}, which open_clip does not build from a model config alone:
+`open_clip_config.json` holds the stock `{meta['model_name']}` config (plus an `ftclip_tower` entry), so
+build that without weights, fit it, then load the weights (plain open_clip and torch):
+
+```python
+{tower_loading_code(meta, fit)}
+```
+
+Preprocessing: `open_clip.image_transform(({h}, {w}), is_train=False, mean=..., std=..., resize_mode="squash",
+interpolation=...)` with the mean, std and interpolation above (what `open_clip_config.json` records).
+"""
+    else:
+        text = f"""```python
+import open_clip
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:/path/to/this/folder")
+```
+
+or with the stock model name and the weights file:
+
+```python
+import open_clip
+model, _, preprocess = {one_liner(meta, '/path/to/this/folder')}
+```
+"""
+    text += """
+`model.encode_image(preprocess(image).unsqueeze(0))` is the adapted `proj` feature.
+Open images as ftclip read them in training: `ImageOps.exif_transpose(Image.open(path))`, and
+transparent ones composited onto white (ftclip's `docs/export.md`, "Reading the file").
+"""
+    if meta.get("reparameterized"):
+        text += ("\nThe image tower is a FastViT/MobileOne trunk, stored in its training (multi-branch) form as open_clip "
+                 "builds it. For deployment fold it (`image_encoder.onnx` is already folded, verified equal at export):\n\n"
+                 "```python\nfrom timm.utils import reparameterize_model\nmodel = reparameterize_model(model.eval())\n```\n")
+    return text
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -353,12 +415,15 @@ def _prepare_out(out: Path, overwrite: bool, run_dir: Path) -> None:
 
 
 def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None, overwrite: bool = False,
-               stage: str | None = None, checkpoint: str = "last") -> Path:
+               stage: str | None = None, checkpoint: str = "last", text_layer: str = "last") -> Path:
     """Export the final weights of the finished run ``run_dir`` (or of its finished ``stage``;
     ``checkpoint="best"``: that stage's best checkpoint) in ``formats`` (``open_clip`` is always
-    written; ``onnx`` adds ONNX encoders) to ``out`` (default ``<run_dir>/export``). Returns ``out``.
-    An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
+    written; ``onnx`` adds ONNX encoders; ``hf`` a transformers/diffusers folder whose
+    ``text_encoder/`` outputs ``text_layer``) to ``out`` (default ``<run_dir>/export``). Returns
+    ``out``. An unfinished run is refused (:func:`ftclip.runs.select_checkpoint`)."""
     formats = check_formats(formats)
+    if text_layer not in HF_TEXT_LAYERS:
+        raise FtclipError(f"--text-layer '{text_layer}' is not one of {', '.join(HF_TEXT_LAYERS)}")
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not run.config_path.is_file():
@@ -398,6 +463,12 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
     if leftover:
         raise FtclipError(f"the model still holds LoRA adapter weights ({leftover[0]}, ...) after merging; "
                           "cannot write a stock open_clip checkpoint")
+    if "hf" in formats:  # refuses (with every reason) before anything is written; LoRA is merged by now
+        from ftclip.artifacts.hf import check_hf_compatible
+
+        check_hf_compatible(backbone.model, meta)
+    meta["tower_fit"] = backbone.tower_fit
+    meta["reparameterized"] = reparameterizable(backbone.visual)
 
     tmp = out.parent / f".{out.name}.tmp-unmade"
     try:
@@ -427,6 +498,23 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
                 f"{' after merging LoRA' if lora_merged else ''}; nothing was written to {out}"
             )
 
+        # FastViT / MobileOne: the deployment (folded) form must compute the same features
+        deploy = fresh
+        if meta["reparameterized"]:
+            deploy = reparameterized(fresh)
+            with torch.no_grad():
+                folded = ImageEncoder(deploy.visual).eval()(images)
+            verification["reparameterized_max_abs_diff"] = {
+                "encode_image": _max_diff(folded[0], ref_proj),
+                f"feature_{feature}": _max_diff(select_feature(folded, feature), ref_task)}
+            worst = [(k, v) for (k, v), r in zip(verification["reparameterized_max_abs_diff"].items(),
+                                                 (ref_proj, ref_task)) if not v < _tolerance(r, TOLERANCE)]
+            if worst:
+                raise ExportVerificationError(
+                    f"export verification failed for run {run_dir}: the re-parameterised (folded) image tower differs "
+                    f"from the trained one ({'; '.join(f'{k}: max abs diff {v:.3g}' for k, v in worst)}); "
+                    f"nothing was written to {out}")
+
         files: dict[str, str] = {
             OPEN_CLIP_WEIGHTS: "open_clip state dict" + (" (LoRA merged)" if lora_merged else ""),
             OPEN_CLIP_CONFIG: "open_clip model + preprocessing config (local-dir: loading)",
@@ -438,11 +526,27 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
                 files[name] = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors[kind].items())
         if "onnx" in formats:
             text = bool(module.export_text_encoder)
-            verification["onnx"] = export_onnx(fresh, tmp, tuple(backbone.preprocess.image_size), text,
+            verification["onnx"] = export_onnx(deploy, tmp, tuple(backbone.preprocess.image_size), text,
                                              backbone.name)
             for name, entry in verification["onnx"].items():
                 data = " (+ .data weights beside it)" if (tmp / f"{name}.data").exists() else ""
-                files[name] = f"inputs {entry['inputs']}, outputs {entry['outputs']}{data}"
+                folded = " (re-parameterised for deployment)" if meta["reparameterized"] and name == IMAGE_ONNX else ""
+                files[name] = f"inputs {entry['inputs']}, outputs {entry['outputs']}{data}{folded}"
+        hf_report = None
+        if "hf" in formats:
+            from ftclip.artifacts.hf import HF_DIR, export_hf
+
+            if cfg.model.pretrained:
+                reference, reason = Backbone.from_config(cfg.model).model.eval(), ""
+            else:
+                reference, reason = None, "the run started from random weights (model.pretrained is not set)"
+            hf_report = export_hf(fresh, meta, tmp, text_layer=text_layer, reference=reference,
+                                  no_reference_reason=reason or "no pretrained reference weights were given")
+            verification["hf"] = hf_report["verification"]
+            meta["hf"] = {key: hf_report[key] for key in ("text_layer", "text_encoder_layers", "hidden_act", "image_size",
+                                                          "patch_size", "text_width", "pad_token", "files", "forgetting")}
+            files[f"{HF_DIR}/"] = (f"transformers CLIPModel folder + diffusers text_encoder/ ({text_layer} text layer) "
+                                   "and tokenizer/, verified in a fresh transformers process")
         files[MODEL_CARD] = "model card"
 
         metrics = run.metrics()
@@ -469,13 +573,19 @@ def export_run(run_dir: str | Path, formats: list[str], out: Path | None = None,
             "files": files,
             "task_info": info,
         })
-        meta["open_clip_one_liner"] = one_liner(meta, str(out.resolve()))
-        (tmp / MODEL_CARD).write_text(model_card(meta, cfg, module.model_card(meta)), encoding="utf-8")
+        meta["open_clip_one_liner"] = None if meta["tower_fit"] else one_liner(meta, str(out.resolve()))
+        card = model_card(meta, cfg, module.model_card(meta))
+        if hf_report is not None:
+            meta["versions"]["transformers"] = hf_report["verification"].get("transformers", "")
+            card += "\n" + hf_report["model_card"]
+        (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
         meta["sha256"] = file_hashes(tmp)  # every file but the manifest: checked by inference and `ftclip verify`
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         mask = os.umask(0)
         os.umask(mask)
         for file in tmp.iterdir():  # mkdtemp/safetensors create owner-only files: give them the usual mode
+            if file.is_dir():  # hf/: export_hf has fsynced and chmod-ed its own files
+                continue
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
             os.chmod(file, 0o666 & ~mask)

@@ -13,8 +13,9 @@ Every inference command (``ftclip embed``, ``ftclip score``, ...) goes through h
     inf.meta        # model name, image size, mean/std, interpolation, task, feature, ...
 
 ``inf.encode(images, feature="proj")`` returns one of :data:`~ftclip.artifacts.layout.FEATURES`:
-``proj`` is open_clip's ``encode_image``; ``final`` is the class token after ``ln_post`` before
-the projection (ViTs); ``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
+``proj`` is open_clip's ``encode_image``; ``final`` is the pooled feature before the projection (ViT:
+class token after ``ln_post``; ResNet: average-pooled last stage; timm trunk: pre-logits);
+``final+proj`` is their concatenation (CLIP-ReID's test feature). All are
 L2-normalised (``normalize=False`` for raw features).
 
 A run directory is loaded through :func:`ftclip.runs.load_module_from_run`: a finished run's final
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 import os
 import sys
@@ -49,35 +51,34 @@ from torch import nn
 
 from ftclip.artifacts.layout import EXPORT_META, FEATURES, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TENSOR_FILES
 from ftclip.artifacts.manifest import read_manifest, verify_export
+from ftclip.backbone import fit_image_size
 from ftclip.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from ftclip.data.transforms import apply, eval_transform
 from ftclip.errors import DataError, FtclipError
 from ftclip.runs import RunDir, load_module_from_run, note_once, select_checkpoint
 from ftclip.tasks import get_task
+from ftclip.towers import image_features, image_kind
 
 
 class ImageEncoder(nn.Module):
     """An open_clip image tower -> ``(image_features, final)``.
 
-    ``image_features`` is exactly open_clip's ``encode_image`` (pooled, projected). For ViTs
-    with a projection, ``final`` is the pooled feature *before* the projection (class token
-    after ``ln_post``); other towers return ``image_features`` alone (a 1-tuple).
+    ``image_features`` is exactly open_clip's ``encode_image`` (pooled, projected); ``final`` is the
+    pooled feature *before* the projection (:func:`ftclip.towers.image_features`: a ViT's class token
+    after ``ln_post``, a ResNet's average-pooled last stage, a timm trunk's pre-logits). A ViT without
+    a projection returns ``image_features`` alone (a 1-tuple).
     """
 
     def __init__(self, visual: nn.Module):
         super().__init__()
-        from open_clip.transformer import VisionTransformer
-
         self.visual = visual
-        self.has_final = isinstance(visual, VisionTransformer) and getattr(visual, "proj", None) is not None
+        kind = image_kind(visual)
+        self.has_final = kind in ("resnet", "timm") or (kind == "vit" and getattr(visual, "proj", None) is not None)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        visual = self.visual
         if not self.has_final:
-            return (visual(images),)
-        tokens = visual.transformer(visual._embeds(images))  # the same steps as VisionTransformer.forward
-        pooled, _ = visual._pool(tokens)
-        return pooled @ visual.proj, pooled
+            return (self.visual(images),)
+        return image_features(self.visual, images)
 
 
 def select_feature(outputs: tuple[torch.Tensor, ...], feature: str, normalize: bool = True) -> torch.Tensor:
@@ -85,8 +86,8 @@ def select_feature(outputs: tuple[torch.Tensor, ...], feature: str, normalize: b
     if feature == "proj":
         parts = [outputs[0]]
     elif len(outputs) < 2:
-        raise FtclipError(f"feature '{feature}' needs a ViT image tower with a projection; this model has "
-                          "only the projected feature: use --feature proj")
+        raise FtclipError(f"feature '{feature}' needs the feature before the projection; this image tower has no "
+                          "projection (a ViT without proj): use --feature proj")
     elif feature == "final":
         parts = [outputs[1]]
     elif feature == "final+proj":
@@ -132,8 +133,8 @@ class InferenceModel:
         if feature not in FEATURES:
             raise FtclipError(f"feature '{feature}' is not one of {', '.join(FEATURES)}")
         if feature != "proj" and not self.encoder.has_final:
-            raise FtclipError(f"feature '{feature}' needs a ViT image tower with a projection; "
-                              f"{self.meta.get('model_name')} has only the projected feature: use --feature proj")
+            raise FtclipError(f"feature '{feature}' needs the feature before the projection; "
+                              f"{self.meta.get('model_name')} has no projection: use --feature proj")
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, feature: str | None = None, normalize: bool = True) -> torch.Tensor:
@@ -210,21 +211,35 @@ def path_kind(path: str | Path) -> str:
 
 
 def load_open_clip_export(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The export's open_clip model, built by plain open_clip from ``open_clip_config.json`` + weights."""
+    """The export's open_clip model, built by plain open_clip from ``open_clip_config.json`` + weights.
+
+    A tower open_clip cannot build from the config alone (``ftclip_tower``: CLIP-ReID's stride-1 ResNet,
+    a timm ViT at another input size) is built as the stock architecture, fitted as the model card shows
+    (:func:`ftclip.backbone.fit_image_size`, the same steps), then loaded strictly.
+    """
     import open_clip
 
     path = Path(path)
     for name in (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS):
         if not (path / name).is_file():
             raise FtclipError(f"export {path} has no {name}; re-run `ftclip export RUN_DIR --out {path} --overwrite`")
+    try:
+        fit = json.loads((path / OPEN_CLIP_CONFIG).read_text(encoding="utf-8")).get("ftclip_tower")
+    except (OSError, ValueError) as exc:
+        raise FtclipError(f"{path / OPEN_CLIP_CONFIG} is not readable JSON ({exc}); re-export the run") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = open_clip.create_model(f"local-dir:{path.resolve()}", device=str(device))
+            model = open_clip.create_model(f"local-dir:{path.resolve()}", device="cpu", load_weights=not fit)
+            if fit:
+                from safetensors.torch import load_file
+
+                fit_image_size(model.visual, tuple(fit["image_size"]), int(fit.get("resnet_last_stride", 2)))
+                model.load_state_dict(load_file(str(path / OPEN_CLIP_WEIGHTS)), strict=True)
         except Exception as exc:
             raise FtclipError(f"open_clip cannot load export {path}: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return model.eval()
+    return model.to(device).eval()
 
 
 def read_export_meta(path: str | Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ TEXT_ONNX = "text_encoder.onnx"
 TENSOR_FILES = {"text_features": TEXT_FEATURES, "prompts": PROMPTS, "heads": HEADS}
 
 #: Image features an export can compute: ``proj`` is open_clip's ``encode_image``; ``final`` is the
-#: pooled feature before the projection (ViTs); ``final+proj`` their concatenation (CLIP-ReID's).
+#: pooled feature before the projection (every tower kind, ftclip/towers.py); ``final+proj`` their
+#: concatenation (CLIP-ReID's).
 FEATURES = ("proj", "final", "final+proj")
 

@@ -252,7 +252,8 @@ def _resume_overrides(args) -> list[str]:
 def _export(run_dir, cfg) -> None:
     from ftclip.artifacts.export import export_run
 
-    export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True)
+    export_run(run_dir.path, list(cfg.run.export), out=run_dir.path / "export", overwrite=True,
+               text_layer=str(cfg.run.hf_text_layer))
 
 
 def _finished(run_dir, cfg, overrides: list[str]) -> int:

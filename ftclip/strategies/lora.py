@@ -1,45 +1,46 @@
 """LoRA adapters on the encoders of an open_clip CLIP model (peft), and merging them back.
 
-:func:`apply_lora` injects peft LoRA adapters in place into ``backbone.model``:
+:func:`apply_lora` injects peft LoRA adapters in place into ``backbone.model``, per tower kind
+(ftclip/towers.py); ``blocks`` selects among the tower's blocks, listed below:
 
-* ``attn``: the q, k, v and output projections of each selected block's self-attention;
-* ``qkv``: the q, k and v projections only (CLIP-LoRA's placement: no output projection);
-* ``mlp``: the block's ``mlp.c_fc`` and ``mlp.c_proj`` (plain ``nn.Linear``).
+========================  ====================================  ==============================================
+tower                     ``attn`` (``qkv``: without the        ``mlp``
+                          output projection)
+========================  ====================================  ==============================================
+open_clip ViT / text      q, k, v, out projections of each      ``mlp.c_fc``, ``mlp.c_proj`` (``nn.Linear``)
+(CLIP, MobileCLIP,        block's ``nn.MultiheadAttention``
+SigLIP text)              (split into four Linears)
+ResNet (ModifiedResNet)   the attention pool's q, k, v, c_proj  refused (a ResNet has no MLP blocks)
+                          (one block; made to call them)
+timm trunk (FastViT,      the fused ``qkv`` and ``proj`` of     ``mlp.fc1``, ``mlp.fc2``: ``nn.Linear`` (ViT)
+timm ViT)                 blocks with attention (FastViT: the   or 1x1 ``nn.Conv2d`` (FastViT's ConvMlp,
+                          last stage's)                         peft's Conv2d LoRA)
+========================  ====================================  ==============================================
 
-Each projection gets its own adapter; the scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with
-``rslora: true`` (rsLoRA, peft's ``use_rslora``; CLIP-LoRA's ``loralib/layers.py``).
+``qkv`` is CLIP-LoRA's placement (q, k and v; no output projection). Each projection gets its own
+adapter; the scaling is ``alpha / r``, or ``alpha / sqrt(r)`` with ``rslora: true`` (rsLoRA, peft's
+``use_rslora``; CLIP-LoRA's ``loralib/layers.py``).
 
-open_clip's blocks use ``nn.MultiheadAttention``, whose fused ``in_proj_weight`` is not a
-layer with a forward and whose ``out_proj`` forward is never called. peft 0.21's own
-``MultiheadAttention`` LoRA layer works around that by adding the LoRA delta to the base
-weights before every forward and subtracting it afterwards. Checked on peft 0.21.2, that
-(1) applies the ``out_proj`` delta twice, (2) moves the frozen base weights by rounding on
-every forward (``(W + d) - d != W``) and (3) swaps the base ``nn.Parameter`` objects on every
-forward and every ``named_modules()`` call (so optimizers and parameter groups hold stale
-objects). So instead each selected ``nn.MultiheadAttention`` is replaced by
-:class:`SplitProjectionAttention` -- the same computation with ``q_proj``/``k_proj``/
-``v_proj``/``out_proj`` as real ``nn.Linear`` layers -- and peft adapts those with its plain
-``Linear`` LoRA layer (an additive ``B A x`` path; base weights are never written).
+Two open_clip modules read their projection weights directly, so an adapter on their layers
+would be silently ignored; each selected one is first swapped for an equivalent module whose
+projections are called (ftclip/strategies/lora_layers.py): ``nn.MultiheadAttention`` ->
+:class:`SplitProjectionAttention` (peft 0.21.2's own ``MultiheadAttention`` LoRA adds the
+``out_proj`` delta twice, moves the frozen base weights by rounding on every forward and swaps the
+base ``nn.Parameter`` objects on every forward), and the ResNet ``AttentionPool2d`` ->
+:class:`LinearAttentionPool2d`. peft then adapts plain ``Linear``/``Conv2d`` layers (an additive
+``B A x`` path; base weights are never written).
 
-:func:`merge_lora` folds the adapters into the base weights and turns every
-:class:`SplitProjectionAttention` back into an ``nn.MultiheadAttention``, so the model's
-state dict is stock open_clip again (what export writes).
-
-ResNet image towers (open_clip ``ModifiedResNet``) are refused: their attention pool calls
-``F.multi_head_attention_forward`` with the projection weights directly, so an adapter there
-would be silently ignored. Their text tower is a normal transformer and is supported.
+:func:`merge_lora` folds the adapters into the base weights and turns the swapped modules back
+into open_clip's, so the model's state dict is stock open_clip again (what export writes).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import peft
-import torch
-import torch.nn.functional as F
-from open_clip.modified_resnet import ModifiedResNet
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -48,10 +49,18 @@ from ftclip.config import LORA_ENCODERS as ENCODERS
 from ftclip.config import LORA_TARGETS as TARGETS
 from ftclip.config import LoraConfig
 from ftclip.errors import ConfigError, FtclipError
+from ftclip.strategies.lora_layers import LinearAttentionPool2d, SplitProjectionAttention
+from ftclip.towers import image_kind, text_module
+
+__all__ = ["LinearAttentionPool2d", "LoraSummary", "SplitProjectionAttention", "apply_lora", "has_lora",
+           "merge_lora"]
 
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 QKV_PROJECTIONS = ATTN_PROJECTIONS[:3]
 MLP_LAYERS = ("c_fc", "c_proj")
+POOL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "c_proj")  # ResNet attention pool
+TIMM_ATTN = ("qkv", "proj")
+TIMM_MLP = ("fc1", "fc2")
 KEY = "strategies.lora"
 
 
@@ -61,150 +70,6 @@ class LoraSummary:
 
     targets: list[str] = field(default_factory=list)
     num_params: int = 0
-
-
-class SplitProjectionAttention(nn.Module):
-    """``nn.MultiheadAttention`` with q/k/v/out as ``nn.Linear`` layers whose forward is called.
-
-    Same call signature and result as ``nn.MultiheadAttention(..., need_weights=False)``
-    (up to float rounding: three GEMMs instead of one fused one), so open_clip's blocks run
-    it unchanged. :meth:`from_mha` / :meth:`to_mha` convert losslessly (concatenating or
-    splitting the fused ``in_proj_weight``).
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        batch_first: bool = True,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ):
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
-        self.batch_first = batch_first
-        kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **kw)
-
-    @classmethod
-    def from_mha(cls, mha: nn.MultiheadAttention) -> "SplitProjectionAttention":
-        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("only nn.MultiheadAttention with kdim == vdim == embed_dim, no bias_k/v, no zero attn")
-        weight = mha.in_proj_weight
-        has_bias = mha.in_proj_bias is not None
-        new = cls(mha.embed_dim, mha.num_heads, mha.dropout, has_bias, mha.batch_first, weight.device, weight.dtype)
-        with torch.no_grad():
-            for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
-                rows = slice(i * mha.embed_dim, (i + 1) * mha.embed_dim)
-                proj.weight.copy_(weight[rows])
-                proj.weight.requires_grad_(weight.requires_grad)
-                if has_bias:
-                    proj.bias.copy_(mha.in_proj_bias[rows])
-                    proj.bias.requires_grad_(mha.in_proj_bias.requires_grad)
-            new.out_proj.weight.copy_(mha.out_proj.weight)
-            new.out_proj.weight.requires_grad_(mha.out_proj.weight.requires_grad)
-            if has_bias:
-                new.out_proj.bias.copy_(mha.out_proj.bias)
-                new.out_proj.bias.requires_grad_(mha.out_proj.bias.requires_grad)
-        new.train(mha.training)
-        return new
-
-    def to_mha(self) -> nn.MultiheadAttention:
-        projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
-        if any(isinstance(p, BaseTunerLayer) for p in projections):
-            raise FtclipError("merge the LoRA adapters (merge_lora) before converting back to nn.MultiheadAttention")
-        weight = self.q_proj.weight
-        has_bias = self.q_proj.bias is not None
-        mha = nn.MultiheadAttention(
-            self.embed_dim, self.num_heads, dropout=self.dropout, bias=has_bias, batch_first=self.batch_first,
-            device=weight.device, dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            mha.in_proj_weight.copy_(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
-            mha.in_proj_weight.requires_grad_(weight.requires_grad)
-            mha.out_proj.weight.copy_(self.out_proj.weight)
-            mha.out_proj.weight.requires_grad_(self.out_proj.weight.requires_grad)
-            if has_bias:
-                mha.in_proj_bias.copy_(torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
-                mha.in_proj_bias.requires_grad_(self.q_proj.bias.requires_grad)
-                mha.out_proj.bias.copy_(self.out_proj.bias)
-                mha.out_proj.bias.requires_grad_(self.out_proj.bias.requires_grad)
-        mha.train(self.training)
-        return mha
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: Optional[torch.Tensor] = None,
-        value: Optional[torch.Tensor] = None,
-        key_padding_mask: Optional[torch.Tensor] = None,
-        need_weights: bool = False,
-        attn_mask: Optional[torch.Tensor] = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[torch.Tensor, None]:
-        if need_weights:
-            raise ValueError("SplitProjectionAttention (LoRA) does not return attention weights; call it with "
-                             "need_weights=False as open_clip's blocks do")
-        key = query if key is None else key
-        value = key if value is None else value
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        batch, length, _ = query.shape
-        source = key.shape[1]
-
-        def heads(x: torch.Tensor, n: int) -> torch.Tensor:
-            return x.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q = heads(self.q_proj(query), length)
-        k = heads(self.k_proj(key), source)
-        v = heads(self.v_proj(value), source)
-        mask = self._additive_mask(attn_mask, key_padding_mask, batch, length, source, q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=bool(is_causal and mask is None),
-        )
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
-        return (out if self.batch_first else out.transpose(0, 1)), None
-
-    def _additive_mask(
-        self,
-        attn_mask: Optional[torch.Tensor],
-        key_padding_mask: Optional[torch.Tensor],
-        batch: int,
-        length: int,
-        source: int,
-        dtype: torch.dtype,
-    ) -> Optional[torch.Tensor]:
-        """nn.MultiheadAttention's masks (bool True = blocked, or additive float) as one additive mask."""
-
-        def additive(m: torch.Tensor) -> torch.Tensor:
-            if m.dtype == torch.bool:
-                return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-            return m.to(dtype)
-
-        mask = None
-        if attn_mask is not None:
-            mask = additive(attn_mask)
-            if mask.dim() == 3:  # [batch * heads, L, S]
-                mask = mask.view(batch, self.num_heads, length, source)
-        if key_padding_mask is not None:
-            padding = additive(key_padding_mask).view(batch, 1, 1, source)
-            mask = padding if mask is None else mask + padding
-        return mask
-
-    def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
 
 
 # ---------------------------------------------------------------------------------------- config checks
@@ -261,39 +126,81 @@ def _select_blocks(blocks: Any, num_blocks: int, encoder: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------- towers
-def _tower_blocks(backbone: Backbone, encoder: str) -> tuple[str, nn.ModuleList]:
-    """(prefix of the tower's blocks inside backbone.model, the blocks) for a supported tower."""
+def _tower_blocks(backbone: Backbone, encoder: str) -> tuple[str, list[tuple[str, nn.Module]]]:
+    """(kind of blocks, [(block name inside backbone.model, block)]) of a tower LoRA supports."""
     model = backbone.model
     if encoder == "image":
         visual = model.visual
-        if isinstance(visual, ModifiedResNet):
-            raise ConfigError(
-                f"{KEY}.encoders: 'image' is not supported for {backbone.name}: its image tower is an open_clip "
-                "ModifiedResNet, whose attention pool calls F.multi_head_attention_forward with the projection "
-                "weights directly, so LoRA there would be silently ignored. LoRA supports ViT image towers (e.g. "
-                "ViT-B-16) and transformer text towers: use encoders=[text], or train the ResNet fully (train: [image])"
-            )
-        resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-        prefix = "visual.transformer.resblocks"
-    else:
-        text = getattr(model, "text", None)  # CustomTextCLIP keeps the text tower under model.text
-        if text is not None:
-            resblocks = getattr(getattr(text, "transformer", None), "resblocks", None)
-            prefix = "text.transformer.resblocks"
-        else:
-            resblocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-            prefix = "transformer.resblocks"
-    if not isinstance(resblocks, nn.ModuleList) or not len(resblocks):
-        tower = type(model.visual if encoder == "image" else getattr(model, "text", model)).__name__
+        kind = image_kind(visual)
+        if kind == "vit":
+            return "transformer", _numbered("visual.transformer.resblocks", visual.transformer.resblocks)
+        if kind == "resnet":
+            return "resnet", [("visual.attnpool", visual.attnpool)]
+        if kind == "timm":
+            blocks = _timm_blocks(visual.trunk)
+            if blocks:
+                return "timm", blocks
         raise ConfigError(
-            f"{KEY}.encoders: '{encoder}' tower of {backbone.name} ({tower}) has no open_clip transformer blocks "
-            f"LoRA knows; supported: open_clip VisionTransformer / TextTransformer towers"
+            f"{KEY}.encoders: the image tower of {backbone.name} ({type(visual).__name__}"
+            f"{' ' + type(visual.trunk).__name__ if kind == 'timm' else ''}) has no blocks LoRA knows; supported: "
+            "open_clip ViT and ResNet towers, timm trunks with blocks (FastViT, ViT)"
         )
-    return prefix, resblocks
+    text = text_module(model, backbone.name)
+    prefix = "text.transformer.resblocks" if text is not model else "transformer.resblocks"
+    resblocks = getattr(getattr(text, "transformer", None), "resblocks", None)
+    if not isinstance(resblocks, nn.ModuleList) or not len(resblocks):
+        raise ConfigError(f"{KEY}.encoders: the text tower of {backbone.name} has no open_clip transformer blocks")
+    return "transformer", _numbered(prefix, resblocks)
 
 
-def _block_targets(block: nn.Module, name: str, targets: list[str], model_name: str) -> list[str]:
+def _numbered(prefix: str, blocks) -> list[tuple[str, nn.Module]]:
+    return [(f"{prefix}.{i}", block) for i, block in enumerate(blocks)]
+
+
+def _timm_blocks(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A timm trunk's blocks in order: ``blocks`` (ViT) or every stage's ``blocks`` (FastViT, ConvNeXt, ...)."""
+    if isinstance(getattr(trunk, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        return _numbered("visual.trunk.blocks", trunk.blocks)
+    out = []
+    for s, stage in enumerate(getattr(trunk, "stages", []) or []):
+        blocks = getattr(stage, "blocks", None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+            out += _numbered(f"visual.trunk.stages.{s}.blocks", blocks)
+    return out
+
+
+def _timm_attention(block: nn.Module) -> str | None:
+    """The attribute of a timm block's attention with Linear ``qkv``/``proj`` that its forward calls."""
+    for attr in ("attn", "token_mixer"):
+        attn = getattr(block, attr, None)
+        if all(isinstance(getattr(attn, n, None), nn.Linear) for n in TIMM_ATTN):
+            return attr
+    return None
+
+
+def _pointwise(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
+                                            and layer.groups == 1)
+
+
+def _block_targets(kind: str, block: nn.Module, name: str, targets: list[str], model_name: str) -> list[str]:
     names = []
+    if kind == "resnet":
+        if "mlp" in targets:
+            raise ConfigError(f"{KEY}.targets: 'mlp': a ResNet image tower ({model_name}) has no MLP blocks; use "
+                              "targets=[attn] (its attention pool), or train the ResNet fully (train: [image])")
+        return [f"{name}.{p}" for p in (POOL_PROJECTIONS if "attn" in targets else POOL_PROJECTIONS[:3])]
+    if kind == "timm":
+        attn = _timm_attention(block)
+        if attn is not None and ("attn" in targets or "qkv" in targets):
+            names += [f"{name}.{attn}.{p}" for p in (TIMM_ATTN if "attn" in targets else TIMM_ATTN[:1])]
+        if "mlp" in targets:
+            mlp = getattr(block, "mlp", None)
+            if not all(_pointwise(getattr(mlp, n, None)) for n in TIMM_MLP):
+                raise ConfigError(f"{KEY}.targets: 'mlp' needs mlp.fc1 and mlp.fc2 (Linear or 1x1 Conv2d), but "
+                                  f"{model_name} block {name} has {type(mlp).__name__}; use targets=[attn]")
+            names += [f"{name}.mlp.{n}" for n in TIMM_MLP]
+        return names
     if "attn" in targets or "qkv" in targets:
         attn = getattr(block, "attn", None)
         if isinstance(attn, nn.MultiheadAttention):
@@ -344,19 +251,29 @@ def apply_lora(backbone: Backbone, cfg: LoraConfig) -> LoraSummary:
         raise FtclipError(f"{KEY}: the backbone already has LoRA adapters; apply_lora must be called once")
 
     # Validate everything before touching the model.
-    plan: list[tuple[str, nn.Module]] = []  # (block name, block)
+    plan: list[tuple[str, str, nn.Module]] = []  # (kind, block name, block)
     names: list[str] = []
     for encoder in encoders:
-        prefix, resblocks = _tower_blocks(backbone, encoder)
-        for index in _select_blocks(cfg.blocks, len(resblocks), encoder):
-            block_name = f"{prefix}.{index}"
-            names += _block_targets(resblocks[index], block_name, targets, backbone.name)
-            plan.append((block_name, resblocks[index]))
+        kind, blocks = _tower_blocks(backbone, encoder)
+        found = []
+        for index in _select_blocks(cfg.blocks, len(blocks), encoder):
+            block_name, block = blocks[index]
+            found += _block_targets(kind, block, block_name, targets, backbone.name)
+            plan.append((kind, block_name, block))
+        if kind == "timm" and ("attn" in targets or "qkv" in targets) and not any(n.endswith(".qkv") for n in found):
+            with_attn = [i for i, (_, b) in enumerate(blocks) if _timm_attention(b)]
+            asked = "'attn'" if "attn" in targets else "'qkv'"
+            raise ConfigError(f"{KEY}.targets: {asked}: the selected blocks of {backbone.name}'s image tower have no "
+                              f"attention (blocks with attention: {with_attn or 'none'}); choose {KEY}.blocks "
+                              "among them or targets=[mlp]")
+        names += found
 
     if "attn" in targets or "qkv" in targets:
-        for _, block in plan:
-            if isinstance(block.attn, nn.MultiheadAttention):
+        for kind, block_name, block in plan:
+            if kind == "transformer" and isinstance(block.attn, nn.MultiheadAttention):
                 block.attn = SplitProjectionAttention.from_mha(block.attn)
+            elif kind == "resnet" and not isinstance(block, LinearAttentionPool2d):
+                _replace(model, block_name, LinearAttentionPool2d(block))
 
     requires_grad = {id(p): p.requires_grad for p in model.parameters()}
     config = peft.LoraConfig(
@@ -391,7 +308,8 @@ def merge_lora(backbone: Backbone) -> None:
     """Fold every LoRA adapter into its base weight and restore stock open_clip modules, in place.
 
     Afterwards ``backbone.model.state_dict()`` has exactly open_clip's keys and shapes (the
-    attention blocks are ``nn.MultiheadAttention`` again) and no ``image.lora``/``text.lora``
+    attention blocks are ``nn.MultiheadAttention`` again, a ResNet's pool its ``AttentionPool2d``)
+    and no ``image.lora``/``text.lora``
     group is left. A backbone without adapters is left as it is.
     """
     model = backbone.model
@@ -399,9 +317,9 @@ def merge_lora(backbone: Backbone) -> None:
     for name, module in wrapped:
         module.merge(safe_merge=True)  # raises if the merged weight is not finite
         _replace(model, name, module.get_base_layer())
-    split = [(n, m) for n, m in model.named_modules() if isinstance(m, SplitProjectionAttention)]
-    for name, module in split:
-        _replace(model, name, module.to_mha())
+    swapped = [(n, m) for n, m in model.named_modules() if isinstance(m, (SplitProjectionAttention, LinearAttentionPool2d))]
+    for name, module in swapped:
+        _replace(model, name, module.to_mha() if isinstance(module, SplitProjectionAttention) else module.to_pool())
     if wrapped and "peft_config" in vars(model):  # set by inject_adapter_in_model; stale once merged
         del model.peft_config
 

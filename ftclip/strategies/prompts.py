@@ -5,7 +5,8 @@ has its N placeholder tokens replaced by N learnable vectors *per identity* (ini
 N(0, 0.02)); the start token + "a photo of a" (prefix) and "person." + end token + padding
 (suffix) are the backbone's token embeddings of the template, looked up at every call (no
 gradient), so they always match the weights loaded into the backbone. The text feature is the text tower's output at the
-end-of-text token, projected -- no normalisation, no logit scale.
+token it pools (CLIP, MobileCLIP: the end-of-text token; SigLIP: the last position), projected -- no
+normalisation, no logit scale. Causal and bidirectional text towers alike (``Backbone.encode_text_embeddings``).
 
 ``SharedPrompts`` is a CoOp-style learnable context around each prompt text (shared or one per
 prompt, in front of the text or split around it), used by the supervised IQA recipe (CLIP-IQA+ as
@@ -21,12 +22,20 @@ from ftclip.backbone import Backbone
 from ftclip.errors import ConfigError
 
 
+def _placeholder_id(backbone: Backbone, placeholder: str) -> int:
+    """The token id of ``placeholder``: what tokenising it adds to the tokeniser's empty row (start/end/pad)."""
+    special = set(backbone.tokenize([""])[0].tolist())
+    ids = [t for t in backbone.tokenize([placeholder])[0].tolist() if t not in special]
+    if len(ids) != 1:
+        raise ConfigError(f"prompt placeholder '{placeholder}' is {len(ids)} tokens for {backbone.name}'s tokenizer; "
+                          "use a placeholder that is one token (e.g. X)")
+    return ids[0]
+
+
 def _placeholder_span(backbone: Backbone, template: str, placeholder: str) -> tuple[torch.Tensor, int, int]:
     """Tokenise ``template`` and find the contiguous run of placeholder tokens."""
     tokens = backbone.tokenize([template])
-    marker = backbone.tokenize([placeholder])[0]
-    marker_id = int(marker[1])  # [start, placeholder, end, 0...]
-    positions = (tokens[0] == marker_id).nonzero().flatten().tolist()
+    positions = (tokens[0] == _placeholder_id(backbone, placeholder)).nonzero().flatten().tolist()
     if not positions:
         raise ConfigError(
             f"prompt template '{template}' contains no placeholder token '{placeholder}'; "
@@ -69,7 +78,7 @@ class IdPrompts(nn.Module):
             template = backbone.embed_tokens(self.tokens).to(ctx.dtype)
         prefix = template[:, :self.start].expand(batch, -1, -1)
         suffix = template[:, self.stop:].expand(batch, -1, -1)
-        eot = self.tokens.argmax(dim=-1).expand(batch)
+        eot = backbone.pool_index(self.tokens).expand(batch)
         return torch.cat([prefix, ctx, suffix], dim=1), eot
 
     def text_features(self, backbone: Backbone, labels: torch.Tensor) -> torch.Tensor:
@@ -110,13 +119,20 @@ class SharedPrompts(nn.Module):
         tokens = backbone.tokenize(prompts)
         if int(tokens.argmax(dim=-1).max()) >= tokens.shape[1] - 1 and tokens[:, -1].ne(0).any():
             raise ConfigError(f"prompts with {num_tokens} context tokens exceed the text length {tokens.shape[1]}")
+        _, self.start, stop = _placeholder_span(backbone, prompts[0], placeholder)  # after the start token, if any
+        if stop - self.start != num_tokens:
+            raise ConfigError(f"shared prompt context: '{texts[0]}' itself contains the placeholder '{placeholder}'")
         self.texts = list(texts)
         self.num_tokens, self.layout, self.per_prompt = num_tokens, layout, per_prompt
         self.register_buffer("tokens", tokens, persistent=False)
+        # per text: its own tokens between the context and the first special (end / padding) token
+        special = torch.tensor(sorted(set(backbone.tokenize([""])[0].tolist())), device=tokens.device)
+        rest = torch.isin(tokens[:, stop:], special)
+        self.text_lengths = rest.int().argmax(dim=1).tolist()
         shape = (len(texts), num_tokens, backbone.text_width) if per_prompt else (num_tokens, backbone.text_width)
         if init == "token":
             with torch.no_grad():
-                marker = backbone.embed_tokens(tokens[:1, 1:2])[0, 0].float()
+                marker = backbone.embed_tokens(tokens[:1, self.start:self.start + 1])[0, 0].float()
             self.ctx = nn.Parameter(marker.expand(shape).clone())
         else:
             self.ctx = nn.Parameter(torch.empty(shape))
@@ -131,15 +147,15 @@ class SharedPrompts(nn.Module):
         ctx = self.embeddings()
         with torch.no_grad():
             template = backbone.embed_tokens(self.tokens).to(ctx.dtype)
-        start, text = template[:, :1], template[:, 1 + self.num_tokens:]  # text: its tokens, end token, padding
+        start, stop = self.start, self.start + self.num_tokens
+        head, text = template[:, :start], template[:, stop:]  # head: the start token, if any; text: the rest
         if self.layout == "front":
-            emb = torch.cat([start, ctx, text], dim=1)
+            emb = torch.cat([head, ctx, text], dim=1)
         else:
             half = self.num_tokens // 2
-            eot = self.tokens.argmax(dim=-1)
             rows = []
             for i in range(ctx.shape[0]):
-                length = int(eot[i]) - 1 - self.num_tokens  # the text's own tokens, without the end token
-                rows.append(torch.cat([start[i], ctx[i, :half], text[i, :length], ctx[i, half:], text[i, length:]]))
+                length = int(self.text_lengths[i])  # the text's own tokens, without the end token
+                rows.append(torch.cat([head[i], ctx[i, :half], text[i, :length], ctx[i, half:], text[i, length:]]))
             emb = torch.stack(rows)
-        return backbone.encode_text_embeddings(emb, self.tokens.argmax(dim=-1))
+        return backbone.encode_text_embeddings(emb, backbone.pool_index(self.tokens))

@@ -34,6 +34,7 @@ from ftclip.data.module import StagedDataModule
 from ftclip.errors import ConfigError, DivergedError, FtclipError
 from ftclip.stages import (ParamGroups, build_optimizer, build_scheduler, check_stage_losses, describe_trainable,
                            freeze_for_stage)
+from ftclip.towers import batchnorm_layers
 
 
 class TaskContractError(TypeError):
@@ -167,11 +168,17 @@ class StagedModule(L.LightningModule, ABC):
         self.stage_name, self.stage_cfg = name, stage_cfg
         self._unchecked_losses = []
         self.train(self.training)  # re-apply eval mode to frozen modules
-        return describe_trainable(groups, name)
+        line = describe_trainable(groups, name)
+        if self.small_batch_stage() and batchnorm_layers(self.backbone):
+            line += (f"; backbone BatchNorm keeps its running statistics ({self.stage_batch_size()} images per step "
+                     f"< model.batchnorm_min_batch={int(self.cfg.model.batchnorm_min_batch)})")
+        return line
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules kept in eval mode (BatchNorm statistics, dropout): a module whose parameters (its own and
-        its children's) are all frozen, and a parameter-free module (e.g. a LoRA adapter's dropout) inside one.
+        its children's) are all frozen, and a parameter-free module (e.g. a LoRA adapter's dropout) inside one;
+        and every BatchNorm of the backbone when the stage's batch is smaller than ``model.batchnorm_min_batch``
+        images per device (too few for batch statistics).
 
         A parameter-free module under a module that trains (a ViT's patch dropout in a trained tower) keeps
         training mode."""
@@ -186,7 +193,21 @@ class StagedModule(L.LightningModule, ABC):
                 visit(child, is_frozen)
 
         visit(self, False)
+        if self.small_batch_stage():
+            seen = {id(m) for m in frozen}
+            frozen += [m for m in batchnorm_layers(self.backbone) if id(m) not in seen]
         return frozen
+
+    def small_batch_stage(self) -> bool:
+        """A stage with fewer images per device than ``model.batchnorm_min_batch`` (backbone BatchNorm in eval)."""
+        if self.stage_cfg is None:
+            return False
+        return self.stage_batch_size() < int(getattr(self.cfg.model, "batchnorm_min_batch", 0))
+
+    def stage_batch_size(self) -> int:
+        """Images per device in a training step of the current stage (``stages.<s>.batch_size`` or ``data.batch_size``)."""
+        data = getattr(self.cfg, "data", None)
+        return int(self.stage_cfg.batch_size or getattr(data, "batch_size", 0) or 0)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -125,3 +125,18 @@ def test_task_predict_is_the_evaluation_classifier(trained):
     with torch.no_grad():
         expected = module.set_logits("test", module.backbone.encode_image(images).float(), module.classnames)
     assert torch.allclose(model.predict(images), expected, atol=1e-4)
+
+
+def test_fewshot_run_exports_for_transformers_and_reloads_in_a_fresh_process(trained, capsys):
+    """The few-shot tiny ViT as a transformers CLIPModel + diffusers text encoder, verified by a process without
+    ftclip (image/text features and per-token states equal to the open_clip export)."""
+    tmp, _, _ = trained
+    out = tmp / "export-hf"
+    assert main(["export", str(tmp / "run"), "--format", "open_clip", "hf", "--out", str(out)]) == 0
+    meta = json.loads((out / "ftclip_export.json").read_text())
+    check = meta["verification"]["hf"]
+    assert check["ftclip_imported"] is False
+    for name in ("image_features", "text_features", "last_hidden_state"):
+        assert check[name]["max_abs_diff"] < 1e-4 and check[name]["min_cosine"] >= 0.999
+    assert (out / "hf" / "config.json").is_file() and (out / "hf" / "text_encoder" / "config.json").is_file()
+    assert meta["task"] == "fewshot" and meta["task_info"]["classifier"] == "tip"  # the classifier travels too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
+from ftclip.backbone import model_preprocess
 from ftclip.data.images import list_images, read_image
 from ftclip.data.module import StagedDataModule
 from ftclip.data.samplers import ShardSampler
@@ -24,9 +25,8 @@ class Images(Dataset):
 
 class ToyDataModule(StagedDataModule):
     def __init__(self, cfg):
-        size = tuple(int(s) for s in cfg.model.image_size)
-        super().__init__(cfg, size, cfg.model.mean or [0.5] * 3, cfg.model.std or [0.5] * 3,
-                         cfg.model.interpolation, stage_kind="align")
+        pre = model_preprocess(cfg.model)  # the model's own preprocessing unless the recipe sets it
+        super().__init__(cfg, pre.image_size, pre.mean, pre.std, pre.interpolation, stage_kind="align")
         self.paths: list[str] = []
 
     def load(self):

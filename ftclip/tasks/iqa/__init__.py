@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ftclip.backbone import model_preprocess
 from ftclip.errors import ConfigError, FtclipError
 from ftclip.tasks.base import Task
 from ftclip.tasks.iqa.datamodule import IqaDataModule
@@ -61,8 +62,8 @@ class IqaTask(Task):
 
     def build_datamodule(self, cfg) -> IqaDataModule:
         self.check_config(cfg)
-        size = tuple(int(s) for s in cfg.model.image_size)
-        datamodule = IqaDataModule(cfg, size, cfg.model.mean, cfg.model.std, cfg.model.interpolation)
+        pre = model_preprocess(cfg.model)  # the model's own mean/std/interpolation unless the recipe sets them
+        datamodule = IqaDataModule(cfg, pre.image_size, pre.mean, pre.std, pre.interpolation)
         datamodule.load()
         return datamodule
 

@@ -126,7 +126,7 @@ class AntonymPrompts(nn.Module):
         """``(positive [P, D], negative [P, D])``: live (with grad) when anything text-side trains."""
         if self.learned or (torch.is_grad_enabled() and self._text_trains()):
             return self._compute()
-        if self.positive.numel() == 0 or self.positive.device != self._backbone[0].model.token_embedding.weight.device:
+        if self.positive.numel() == 0 or self.positive.device != self._backbone[0].text.token_embedding.weight.device:
             self.refresh()
         return self.positive, self.negative
 

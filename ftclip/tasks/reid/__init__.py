@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ftclip.backbone import model_image_kind, model_preprocess
+from ftclip.errors import ConfigError
 from ftclip.tasks.base import Task
 from ftclip.tasks.reid.datamodule import ReidDataModule
 from ftclip.tasks.reid.formats.base import few
@@ -24,9 +26,20 @@ class ReidTask(Task):
     module_class = ReidModule
     datamodule_class = ReidDataModule
 
+    def check_config(self, cfg) -> None:
+        """Stage kinds and losses; SIE only with an open_clip ViT (its class token), before any data is read."""
+        super().check_config(cfg)
+        kind = model_image_kind(str(cfg.model.name))
+        if cfg.strategies.head.sie and kind != "vit":
+            raise ConfigError(
+                f"strategies.head.sie=true needs an open_clip ViT image tower (SIE is added to its class token, as "
+                f"in CLIP-ReID, which has no SIE for its ResNet either); {cfg.model.name} has a {kind} tower: set "
+                "strategies.head.sie=false"
+            )
+
     def build_datamodule(self, cfg) -> ReidDataModule:
-        size = tuple(int(s) for s in cfg.model.image_size)
-        datamodule = ReidDataModule(cfg, size, cfg.model.mean, cfg.model.std, cfg.model.interpolation)
+        pre = model_preprocess(cfg.model)  # the model's own mean/std/interpolation unless the recipe sets them
+        datamodule = ReidDataModule(cfg, pre.image_size, pre.mean, pre.std, pre.interpolation)
         datamodule.load()
         return datamodule
 

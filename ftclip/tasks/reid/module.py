@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ftclip.errors import FtclipError
 from ftclip.strategies.prompts import IdPrompts
 from ftclip.tasks.base import StagedModule
-from ftclip.tasks.reid.features import ReidFeatures, reid_features
+from ftclip.tasks.reid.features import ReidFeatures, check_reid_tower, reid_features
 from ftclip.tasks.reid.heads import ReidHead
 from ftclip.tasks.reid.losses import batch_hard_triplet_loss, i2t_loss, id_loss, stage1_supcon_loss
 from ftclip.tasks.reid.metrics import evaluate_reid
@@ -39,6 +39,7 @@ class ReidModule(StagedModule):
         self.prompts = IdPrompts(self.backbone, num_ids, template, strategies.prompts.placeholder,
                                  strategies.prompts.init_std)
         head_cfg = strategies.head
+        check_reid_tower(self.backbone, sie=bool(head_cfg.sie))
         self.head = ReidHead(self.backbone.vision_width, self.backbone.embed_dim, num_ids,
                              num_cameras if head_cfg.sie else 0, head_cfg.sie_coefficient)
         self.num_ids = num_ids
@@ -204,26 +205,38 @@ class ReidModule(StagedModule):
         self.head.load_state_dict(heads, strict=True)
 
     def model_card(self, meta: dict) -> str:
-        """How to compute the re-ID feature (class token before the projection) with plain open_clip."""
+        """How to compute the re-ID feature (the pooled feature before the projection) with plain open_clip."""
         feature = meta["feature"]
         h, w = meta["image_size"]
         text = ""
         if feature in ("final", "final+proj"):
+            tower = meta.get("image_tower", "vit")
+            what, body = {
+                "vit": ("the class token *before* the projection", """    visual = model.visual
+    proj, visual.proj = visual.proj, None     # without the projection, encode_image returns ln_post(class token)
+    try:
+        final = model.encode_image(images)
+    finally:
+        visual.proj = proj
+    proj = final @ proj"""),
+                "resnet": ("the average-pooled last stage *before* the attention pool (CLIP-ReID's RN50 feature)",
+                           """    v = model.visual
+    x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
+    final, proj = x.mean(dim=(2, 3)), v.attnpool(x)"""),
+                "timm": ("the trunk's pooled pre-logits feature *before* the projection", """    trunk = model.visual.trunk
+    final = trunk.forward_head(trunk.forward_features(images), pre_logits=True)
+    proj = model.visual.head(trunk.get_classifier()(final))"""),
+            }[tower]
             text += f"""
-The task feature `{feature}` also needs the class token *before* the projection. With plain open_clip:
+The task feature `{feature}` also needs {what}. With plain open_clip:
 
 ```python
 import torch, torch.nn.functional as F
 
 @torch.no_grad()
 def task_feature(model, images):              # images: preprocess(...) outputs stacked, [B, 3, {h}, {w}]
-    visual = model.visual
-    proj, visual.proj = visual.proj, None     # without the projection, encode_image returns ln_post(class token)
-    try:
-        final = model.encode_image(images)
-    finally:
-        visual.proj = proj
-    parts = {{"final": [final], "final+proj": [final, final @ proj]}}["{feature}"]
+{body}
+    parts = {{"final": [final], "final+proj": [final, proj]}}["{feature}"]
     return F.normalize(torch.cat(parts, dim=1), dim=1)
 ```
 """

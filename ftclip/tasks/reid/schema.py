@@ -7,7 +7,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from ftclip.config import EvalConfig, LoraConfig, RecipeBase
+from ftclip.config import EvalConfig, LoraConfig, ModelConfig, RecipeBase
 from ftclip.data.tables import DUPLICATE_POLICIES
 from ftclip.domains import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneOf, within
 
@@ -64,8 +64,14 @@ class ReidEvalConfig(EvalConfig):
 
 
 @dataclass
+class ReidModelConfig(ModelConfig):
+    resnet_last_stride: int = within(OneOf(1, 2), 1)  # CLIP-ReID's ResNet variant: last stage stride 1 (256x128 -> 16x8)
+
+
+@dataclass
 class Schema(RecipeBase):
     task: str = "reid"
+    model: ReidModelConfig = field(default_factory=ReidModelConfig)
     data: ReidDataConfig = field(default_factory=ReidDataConfig)
     strategies: ReidStrategies = field(default_factory=ReidStrategies)
     eval: ReidEvalConfig = field(default_factory=ReidEvalConfig)
