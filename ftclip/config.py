@@ -160,7 +160,6 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     # a fraction of the batches in (0, 1], or a number of batches
     limit_train_batches: Optional[float] = within(Interval(0, 1, low_open=True) | POSITIVE_INT, None)
-    num_sanity_val_steps: int = within(OneOf(-1) | NON_NEGATIVE_INT, 0)
     # csv (always written: plots, report and resume read it), tensorboard, wandb (offline), mlflow; or a list
     logger: Any = within(OneOf(*LOGGERS) | Each(OneOf(*LOGGERS), min_length=1), "csv")
 

@@ -423,3 +423,30 @@ def test_multi_frame_reads_the_first_frame(tmp_path: Path, fmt: str) -> None:
     with Image.open(path) as img:
         assert img.n_frames == 3
     np.testing.assert_array_equal(read_image(path), np.full((4, 5, 3), 40, np.uint8))
+
+
+def test_gif_and_netpbm_files_are_listed_and_read(tmp_path: Path) -> None:
+    """GIF (its first frame, a palette image) and the Netpbm formats (PGM grey, 16-bit PGM, PPM, PBM) are images
+    the loaders find and read as RGB uint8."""
+    from ftclip.data.images import list_images
+
+    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))
+    rgb = np.stack([grey, grey[::-1], np.full_like(grey, 7)], axis=-1)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "a.gif")
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(grey).save(tmp_path / "b.pgm")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "c16.pgm")
+    Image.fromarray(rgb).save(tmp_path / "d.ppm")
+    Image.fromarray(grey > 127).save(tmp_path / "e.pbm")
+    found = [Path(p).name for p in list_images(tmp_path)]
+    assert found == ["a.gif", "anim.gif", "b.pgm", "c16.pgm", "d.ppm", "e.pbm"]
+    for name in found:
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.shape == (8, 16, 3), name
+    assert np.array_equal(read_image(tmp_path / "b.pgm")[..., 0], grey)
+    assert np.array_equal(read_image(tmp_path / "c16.pgm")[..., 0], grey)  # the top byte of 16 bits
+    assert np.array_equal(read_image(tmp_path / "d.ppm"), rgb)
+    first = read_image(tmp_path / "anim.gif").astype(int)  # the first frame (GIF quantises to a palette)
+    assert np.abs(first - rgb).mean() < 8 and np.abs(first - (255 - rgb)).mean() > 64
+    assert set(np.unique(read_image(tmp_path / "e.pbm"))) <= {0, 255}

@@ -44,7 +44,8 @@ from ftclip.errors import DataError, FtclipError
 __all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "read_image", "check_images", "list_images"]
 
 #: File name endings (lower case) treated as images by the loaders.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm",
+                                     ".ppm", ".pbm", ".pnm")
 
 #: The colour transparent pixels are composited onto (see the module docstring).
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
