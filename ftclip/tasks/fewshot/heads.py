@@ -15,7 +15,7 @@ values. :func:`tip_adapter_search` grid-searches (beta, alpha) as the reference'
 does -- ``beta_i = i * (scale - 0.1) / steps + 0.1`` for ``i < steps`` (the scale itself is never
 tried), alpha likewise, beta in the outer loop, the first best kept -- but on the *val* split
 only (the released ``main_imagenet.py`` searches on test, and Tip-Adapter-F's released code picks
-its epoch on test). :class:`TipAdapterF` is Tip-Adapter-F: the same logits with trainable keys.
+its epoch on test). Tip-Adapter-F trains the cache keys of the same logits (the module's ``cache`` group).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ftclip.errors import FtclipError
 
@@ -36,7 +36,6 @@ __all__ = [
     "tip_search_grid",
     "TipSearch",
     "tip_adapter_search",
-    "TipAdapterF",
 ]
 
 
@@ -126,21 +125,3 @@ def tip_adapter_search(
     best = int(torch.argmax(correct.flatten()))  # the first maximum
     bi, ai = divmod(best, len(alphas))
     return TipSearch(beta=betas[bi], alpha=float(alphas[ai]), accuracy=float(correct[bi, ai]) / labels.shape[0])
-
-
-class TipAdapterF(nn.Module):
-    """Tip-Adapter-F: :func:`tip_adapter_logits` with the cache keys as the trainable parameter
-    (the reference's bias-free ``nn.Linear`` initialised with the keys); alpha and beta stay at
-    their initial values during training and are searched on val afterwards."""
-
-    def __init__(self, keys: Tensor, values: Tensor, zs_weights: Tensor, alpha: float, beta: float,
-                 logit_scale: float = 100.0):
-        super().__init__()
-        self.keys = nn.Parameter(keys.detach().clone())
-        self.register_buffer("values", values.detach().clone())
-        self.register_buffer("zs_weights", zs_weights.detach().clone())
-        self.alpha, self.beta, self.logit_scale = float(alpha), float(beta), float(logit_scale)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return tip_adapter_logits(features, self.zs_weights, self.keys, self.values, self.alpha, self.beta,
-                                  self.logit_scale)
