@@ -206,6 +206,21 @@ def with_overrides(cfg: DictConfig, overrides: list[str], source: str) -> DictCo
     return validate(raw, source + (f" (with overrides {' '.join(overrides)})" if overrides else ""))
 
 
+#: keys earlier ftclip versions wrote into every resolved config (run directories' config.yaml, export manifests)
+#: and that are gone now: dropped when such a saved config is read, so old runs still resume and evaluate; a
+#: recipe that sets one gets "unknown key"
+RETIRED_KEYS = ("trainer.num_sanity_val_steps",)
+
+
+def _without_retired(cfg: DictConfig) -> DictConfig:
+    for key in RETIRED_KEYS:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and name in node:
+            del node[name]
+    return cfg
+
+
 def config_from_text(text: str, source: str) -> DictConfig:
     """A resolved recipe stored as YAML text (an export's manifest), validated."""
     try:
@@ -214,13 +229,13 @@ def config_from_text(text: str, source: str) -> DictConfig:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the recorded recipe is not a mapping of keys")
-    return validate(OmegaConf.create(data), source)
+    return validate(_without_retired(OmegaConf.create(data)), source)
 
 
 def load_saved_config(path: str | Path) -> DictConfig:
     """A run directory's resolved ``config.yaml`` (no includes left)."""
     path = Path(path)
-    return validate(_read_yaml(path), str(path))
+    return validate(_without_retired(_read_yaml(path)), str(path))
 
 
 def to_yaml(cfg: DictConfig) -> str:

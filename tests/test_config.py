@@ -73,3 +73,16 @@ def test_unknown_task(tmp_path):
     recipe.write_text("task: segmentation\nname: x\n")
     with pytest.raises(ConfigError, match="segmentation"):
         load_recipe(recipe)
+
+
+def test_a_run_saved_with_a_retired_key_still_loads_but_a_recipe_setting_it_is_refused(tmp_path):
+    from ftclip.recipe import RETIRED_KEYS, config_from_text, load_saved_config, to_yaml
+
+    cfg = load_recipe("recipes/demo/reid_synthetic.yaml")
+    text = to_yaml(cfg).replace("trainer:\n", "trainer:\n  num_sanity_val_steps: 0\n", 1)
+    assert "num_sanity_val_steps" in text and "trainer.num_sanity_val_steps" in RETIRED_KEYS
+    (tmp_path / "config.yaml").write_text(text)  # what an earlier ftclip wrote into a run directory
+    assert load_saved_config(tmp_path / "config.yaml") == cfg
+    assert config_from_text(text, "manifest") == cfg  # an export's recorded recipe
+    with pytest.raises(ConfigError, match="unknown key 'trainer.num_sanity_val_steps'"):
+        load_recipe("recipes/demo/reid_synthetic.yaml", ["trainer.num_sanity_val_steps=2"])

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from ftclip.cli import main
+
 
 @pytest.mark.slow
 def test_reid_demo_learns(tmp_path, capsys):
