@@ -24,7 +24,7 @@ RUN_OVERRIDABLE = ("data.", "eval.", "trainer.")
 def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a run, an export or a pretrained model on a recipe's data (no training)",
-        description="Evaluate without training: a run directory (its last stage's final weights, or --stage / "
+        description="Evaluate without training: a finished run directory (its last stage's final weights, or --stage / "
                     "--checkpoint best), an export folder (with its recorded recipe or a RECIPE), or a recipe with "
                     "model.pretrained=... (a stock CLIP: the zero-shot baseline). key=value overrides choose other "
                     "data (data.root=..., eval.sets=[...]). Prints the metrics and writes eval.json.")
