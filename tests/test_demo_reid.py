@@ -43,6 +43,6 @@ def test_reid_demo_learns_with_resnet_and_mobileclip_towers(model, tmp_path, cap
                  f"data.root={tmp_path / 'synthetic'}"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    before, after = metrics["initial"]["mAP"], metrics["image"]["mAP"]  # seed 0: RN 0.013 -> 0.689, MC 0.016 -> 0.191
+    before, after = metrics["initial"]["mAP"], metrics["image"]["mAP"]  # seed 0: RN 0.013 -> 0.879, MC 0.016 -> 0.828
     assert after > {"ftclip-tiny-rn": 0.4, "ftclip-tiny-mobileclip": 0.12}[model] and after > 5 * before, metrics
     assert metrics["image"]["rank1"] > metrics["initial"]["rank1"] + 0.15
