@@ -170,11 +170,17 @@ def _requeue_slurm_job() -> str:
 
 class StopAtStepEnd(Callback):
     """Acts on a recorded signal after the current optimizer step: writes ``ckpt_path`` and raises
-    :class:`Interrupted` naming the stage, epoch and step a resume continues from."""
+    :class:`Interrupted` naming the stage, epoch and step a resume continues from.
+
+    After an epoch's last step it lets the epoch end first (its history row, a scheduled evaluation and
+    the epoch-end checkpoint) and stops as the next epoch starts: Lightning counts an epoch whose last
+    batch was checkpointed as done on resume without running its epoch-end hooks, so stopping inside
+    that last step would lose them."""
 
     def __init__(self, stage: str, ckpt_path: str | Path):
         self.stage, self.ckpt_path = stage, Path(ckpt_path)
         self._group = None
+        self._after_epoch: int | None = None  # a signal agreed on at an epoch's last step
 
     def on_train_start(self, trainer, pl_module) -> None:
         if _REQ.owner != os.getpid():  # fit called outside handle_signals(): Lightning's own handling stays
@@ -187,15 +193,25 @@ class StopAtStepEnd(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not _REQ.deferring:
             return
+        if self._after_epoch is not None:
+            return
         signum = agreed_signal(trainer.world_size, self._group)
-        if signum:
+        if signum and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._after_epoch = signum  # the same on every rank (agreed): stop once the epoch has ended
+        elif signum:
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # as a step checkpoint; every rank calls it
+            self._stop(trainer, signum)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._after_epoch is not None:  # the previous epoch ended and wrote its checkpoint
+            signum, self._after_epoch = self._after_epoch, None
             self._stop(trainer, signum)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not _REQ.deferring:
             return
-        signum = agreed_signal(trainer.world_size, self._group)
+        signum = self._after_epoch or agreed_signal(trainer.world_size, self._group)
+        self._after_epoch = None
         _REQ.deferring = False
         if signum:  # after the last step: the epoch-end checkpoint holds the stage's final step
             self._stop(trainer, signum)

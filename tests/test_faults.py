@@ -154,6 +154,34 @@ def test_sigterm_in_stage_two_saves_that_step_exits_143_and_resumes_bit_identica
     assert "changes" not in _state(copy)["history"][-1]
 
 
+def test_a_signal_at_an_epochs_last_step_lets_the_epoch_end_and_resumes_with_its_history(
+        reference, tiny_reid_root, tmp_path, monkeypatch, capsys):
+    """SIGTERM during the last step of stage 2's first epoch: the epoch ends (its history row and epoch-end
+    checkpoint), the run stops as epoch 2 starts, and the resume ends bit-identical with the same history."""
+    from ftclip.interrupts import StopAtStepEnd
+
+    sent = []
+    at_step = StopAtStepEnd.on_train_batch_end
+
+    def signal_at_the_last_step(self, trainer, *args):
+        if self.stage == "image" and not sent and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            sent.append(int(trainer.global_step))
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded by ftclip's handler, acted on below
+        return at_step(self, trainer, *args)
+
+    monkeypatch.setattr(StopAtStepEnd, "on_train_batch_end", signal_at_the_last_step)
+    run = tmp_path / "run"
+    assert main(["fit", RECIPE, *_overrides(tiny_reid_root, run)]) == 143
+    match = LINE.match(capsys.readouterr().err.strip().splitlines()[-1])
+    assert match and match.group(1) == "image" and (int(match.group(2)), int(match.group(3))) == (1, sent[0])
+    assert _ckpt(run / "checkpoints" / "image" / "last.ckpt")["global_step"] == sent[0]
+    monkeypatch.undo()
+    assert main(["fit", "--resume", str(run)]) == 0
+    _assert_same_weights(reference, run)
+    history = (run / "logs" / "image" / "metrics.csv").read_text()
+    assert history == (reference / "logs" / "image" / "metrics.csv").read_text()  # epoch 1's row is there once
+
+
 # --------------------------------------------------------------------------- 2. unfinished runs
 def test_unfinished_run_is_refused_by_export_embed_score_unless_a_finished_stage_is_named(
         sigterm_run, reference, tiny_reid_root, tmp_path, capsys):

@@ -64,7 +64,26 @@ class StagedDataModule(L.LightningDataModule, ABC):
         return DataLoader(dataset, **self._worker_kwargs(), **kwargs)
 
     def train_loader(self, dataset, *, workers: int | None = None, **kwargs) -> ResumableDataLoader:
-        return resumable_loader(self, dataset, **self._worker_kwargs(workers), **kwargs)
+        loader = resumable_loader(self, dataset, **self._worker_kwargs(workers), **kwargs)
+        restored, self._restored_train_state = getattr(self, "_restored_train_state", None), None
+        if restored:
+            # put the loader at the checkpoint's epoch and batch before Lightning's first fetch: it fetches one
+            # batch ahead from a loader without len() (P x K) before it calls set_epoch, and after a resume from
+            # an epoch's end it loads no loader state of its own
+            loader.load_state_dict(restored)
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint by Lightning: the training loader's position (see :meth:`train_loader`)."""
+        loader = getattr(self, "_train_loader", None)
+        if loader is None or getattr(self, "trainer", None) is None:
+            return {}
+        return {"train_loader": loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Called by Lightning when a stage resumes from a checkpoint, before it asks for the loader."""
+        self._restored_train_state = state.get("train_loader")
 
     # ------------------------------------------------------------------ the contract
     @abstractmethod

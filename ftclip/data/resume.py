@@ -129,11 +129,4 @@ def resumable_loader(owner, dataset, *, batch_sampler=None, sampler=None, batch_
         if sampler is None:
             raise ValueError("resumable_loader needs a batch_sampler or a sampler")
         batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
-    skipping = SkippingBatchSampler(batch_sampler)
-    trainer = getattr(owner, "trainer", None)
-    if trainer is not None:
-        # Lightning fetches one batch ahead from a loader without len() (a P x K one) when it sets the loader
-        # up, before it calls set_epoch: start at the epoch it is about to train (after a resume from an epoch's
-        # end that is not 0, and Lightning then loads no loader state; a mid-epoch one is loaded before that)
-        skipping.set_epoch(int(trainer.current_epoch))
-    return ResumableDataLoader(dataset, skipping, trainer_progress(owner), **kwargs)
+    return ResumableDataLoader(dataset, SkippingBatchSampler(batch_sampler), trainer_progress(owner), **kwargs)
