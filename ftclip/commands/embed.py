@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ftclip.commands import add_checkpoint_options
 from ftclip.errors import FtclipError
 
 OUTPUT_SUFFIXES = (".npy", ".parquet", ".csv")
@@ -27,11 +28,7 @@ def register(sub) -> None:
     p.add_argument("--feature", choices=("proj", "final", "final+proj"), default=None,
                    help="which feature (default: the one the task evaluates with, e.g. final+proj for re-ID)")
     p.add_argument("--workers", type=int, default=4, help="threads decoding images")
-    p.add_argument("--stage", metavar="STAGE",
-                   help="use the final weights of this finished stage of a run directory (default: the finished run's last stage; an unfinished run is refused)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="of a run directory: last, the stage's final weights (default); best: its best.ckpt "
-                        "(stages.<stage>.monitor)")
+    add_checkpoint_options(p, "embed with")
     p.set_defaults(func=run)
 
 

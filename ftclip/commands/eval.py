@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ftclip.commands import add_checkpoint_options
 from ftclip.errors import FtclipError
 
 #: the keys ``ftclip eval RUN_DIR`` may override (the model comes from the checkpoint)
@@ -31,9 +32,7 @@ def register(sub) -> None:
     p.add_argument("source", metavar="RUN_DIR|EXPORT_DIR|RECIPE")
     p.add_argument("rest", nargs="*", metavar="[RECIPE] key=value",
                    help="for an export, optionally the recipe whose data to use; then overrides such as data.root=...")
-    p.add_argument("--stage", help="a finished stage of a run to evaluate (default: the finished run's last stage; an unfinished run is refused)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="last: the stage's final weights (default); best: its best.ckpt (stages.<s>.monitor)")
+    add_checkpoint_options(p, "evaluate")
     p.add_argument("--out", help="where to write eval.json (default: RUN_DIR/eval.json for a run, else ./eval.json; "
                                  "the default is replaced by each evaluation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ftclip.commands import add_checkpoint_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,11 +23,7 @@ def register(sub) -> None:
                         "or the penultimate block then the final LayerNorm (SD 2.x) (default: last)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--stage", metavar="STAGE",
-                   help="use the weights of this finished stage of the run (default: the finished run's last stage; an unfinished run is refused)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="last: the stage's final weights (default); best: its best evaluation "
-                        "(kept with stages.<stage>.monitor)")
+    add_checkpoint_options(p, "export")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftclip.commands import add_checkpoint_options
 from ftclip.errors import FtclipError
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
@@ -25,11 +26,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--workers", type=int, default=4, help="threads decoding images")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
-    p.add_argument("--stage", metavar="STAGE",
-                   help="use the final weights of this finished stage of a run directory (default: the finished run's last stage; an unfinished run is refused)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="of a run directory: last, the stage's final weights (default); best: its best.ckpt "
-                        "(stages.<stage>.monitor)")
+    add_checkpoint_options(p, "classify with")
     p.set_defaults(func=run)
 
 

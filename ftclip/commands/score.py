@@ -6,6 +6,7 @@ import csv
 import math
 from pathlib import Path
 
+from ftclip.commands import add_checkpoint_options
 from ftclip.errors import FtclipError
 
 
@@ -23,11 +24,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
-    p.add_argument("--stage", metavar="STAGE",
-                   help="use the final weights of this finished stage of a run directory (default: the finished run's last stage; an unfinished run is refused)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="of a run directory: last, the stage's final weights (default); best: its best.ckpt "
-                        "(stages.<stage>.monitor)")
+    add_checkpoint_options(p, "score with")
     p.set_defaults(func=run)
 
 
